@@ -1,0 +1,70 @@
+# xencluster — see README.md. Everything runs as root on Debian 12.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LAB := $(PY) -m lab
+NODES ?= 2
+PYTEST := $(PY) -m pytest
+
+.PHONY: help host-deps venv test test-fast test-unit test-integration test-lab \
+        lab-build lab-up lab-master lab-status lab-down demo benchmark-lab-boot clean
+
+help:
+	@echo "make demo       set up everything, boot the lab cluster, run the main job on it"
+	@echo "make test       every test tier: unit, integration, lab (boots the QEMU cluster)"
+	@echo "make test-fast  unit and integration only"
+	@echo "make lab-build | lab-up [NODES=3] | lab-master | lab-status | lab-down"
+
+# Install only what is missing, so a warm machine does no apt work.
+host-deps:
+	@missing=$$(grep -v '^#' lab/host-packages.txt | xargs dpkg-query -W -f='$${db:Status-Abbrev} $${Package}\n' 2>/dev/null \
+	   | awk '$$1=="ii"{print $$2}' | sort | comm -13 - <(grep -v '^#' lab/host-packages.txt | sort)); \
+	if [ -n "$$missing" ]; then \
+	  echo "host-deps: installing $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "host-deps: all present"; fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,lio]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: test-unit test-integration test-lab
+
+test-fast: test-unit test-integration
+
+test-unit: venv
+	$(PYTEST) tests/unit -q
+
+test-integration: venv
+	$(PYTEST) tests/integration -q
+
+test-lab: host-deps venv
+	$(PYTEST) tests/lab_cluster -q -m lab
+
+lab-build: host-deps venv
+	$(LAB) build
+
+lab-up: lab-build
+	$(LAB) up $(NODES)
+
+lab-master: lab-up
+	$(LAB) master
+
+lab-status: venv
+	$(LAB) status
+
+lab-down: venv
+	$(LAB) down
+
+demo: host-deps venv lab-master
+	$(PY) -m lab.demo
+
+benchmark-lab-boot: host-deps venv
+	$(PY) benchmarks/lab_boot.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,38 @@
+"""Lab tier: tests that run against the real two-node Xen cluster in QEMU.
+
+The session fixture builds the image (cached), boots the nodes and starts the
+host master through the lab CLI, exactly as an operator would. A cluster that
+was already running before the tests is reused and left running; one the tests
+started is stopped at the end (set XENCLUSTER_LAB_KEEP=1 to keep it).
+"""
+
+import json
+import os
+
+import pytest
+from labcli import NODES, lab
+
+
+def _cluster_running():
+    proc = lab("status", "--json", check=False, timeout=120)
+    if proc.returncode != 0:
+        return False
+    try:
+        state = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return False
+    nodes = state.get("nodes", {})
+    return all(nodes.get(n, {}).get("alive") for n in NODES)
+
+
+@pytest.fixture(scope="session")
+def lab_cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the lab tier needs root (QEMU image build with debootstrap/chroot)")
+    was_running = _cluster_running()
+    lab("build", timeout=3600)
+    lab("up", str(len(NODES)), timeout=1800)
+    lab("master", timeout=900)
+    yield NODES
+    if not was_running and not os.environ.get("XENCLUSTER_LAB_KEEP"):
+        lab("down", "--hard", timeout=300)
