@@ -1,0 +1,2 @@
+# The cluster model (nodes, guests, disk pairs) is described in pillar.
+base: {}
