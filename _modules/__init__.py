@@ -1,0 +1,1 @@
+"""xencluster modules (a package once installed: saltext.xencluster.modules)."""

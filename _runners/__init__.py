@@ -1,0 +1,1 @@
+"""xencluster runners (a package once installed: saltext.xencluster.runners)."""

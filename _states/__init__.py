@@ -1,0 +1,1 @@
+"""xencluster states (a package once installed: saltext.xencluster.states)."""

@@ -1,0 +1,467 @@
+"""Unit tests of the lab runtime's building blocks (no QEMU, no root, no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from lab import config, master, preflight, procs, qemu, san, ssh, state, wait
+from lab.config import Node
+from lab.errors import LabError, PreflightError, WaitTimeout
+
+
+@pytest.fixture
+def lab_dirs(tmp_path, monkeypatch):
+    """Point every lab path at a temp dir (config's derived paths too)."""
+    run, mdir = tmp_path / "run", tmp_path / "master"
+    run.mkdir()
+    patches = {
+        "LAB_DIR": tmp_path, "RUN_DIR": run, "MASTER_DIR": mdir,
+        "SAN_SWITCH_SOCK": run / "san.vde", "SAN_SWITCH_PIDFILE": run / "san.pid",
+        "CLUSTER_STATE": run / "cluster.json", "LOCK_FILE": run / "lab.lock",
+        "MASTER_ETC": mdir / "etc", "MASTER_ROOT": mdir / "r", "MASTER_EXT": mdir / "ext",
+        "MASTER_PIDFILE": mdir / "r" / "master.pid", "MASTER_LOG": mdir / "r" / "master.log",
+    }
+    for name, value in patches.items():
+        monkeypatch.setattr(config, name, value)
+    monkeypatch.setattr(master, "CONFIG_FILE", mdir / "etc" / "master")
+    monkeypatch.setattr(master, "PKI_DIR", mdir / "r" / "pki")
+    monkeypatch.setattr(master, "SOCK_DIR", mdir / "r" / "sock")
+    monkeypatch.setattr(san, "CTL", run / "san.vde" / "ctl")
+    return tmp_path
+
+
+@pytest.fixture
+def sleeper():
+    """A process that is NOT ours (a plain sleep); it must survive every lab action."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+# --- preflight -----------------------------------------------------------------------
+
+
+def test_missing_tools_name_the_debian_package(monkeypatch):
+    monkeypatch.setattr(preflight.shutil, "which", lambda tool: None if tool in ("vde_switch", "qemu-img") else "/x")
+    with pytest.raises(PreflightError) as err:
+        preflight.require_tools(["qemu-system-x86_64", "qemu-img", "vde_switch", "socat"])
+    message = str(err.value)
+    assert "vde_switch" in message and "qemu-img" in message
+    assert "apt-get install qemu-utils vde2" in message
+
+
+def test_all_tools_present_passes(monkeypatch):
+    monkeypatch.setattr(preflight.shutil, "which", lambda tool: "/usr/bin/" + tool)
+    preflight.require_tools(preflight.TOOL_PACKAGES)
+
+
+def test_not_root_is_refused(monkeypatch):
+    monkeypatch.setattr(preflight.os, "geteuid", lambda: 1000)
+    with pytest.raises(PreflightError, match=r"`python -m lab up` needs root"):
+        preflight.require_root("up")
+
+
+def test_occupied_port_is_named_with_its_purpose():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert not preflight.port_free(port)
+        with pytest.raises(PreflightError) as err:
+            preflight.require_free_ports([(port, "ssh to node1")])
+    assert f"127.0.0.1:{port} (ssh to node1)" in str(err.value)
+
+
+def test_free_port_passes():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    preflight.require_free_ports([(port, "ssh to node1")])
+
+
+def test_too_little_disk_states_free_and_needed(monkeypatch, tmp_path):
+    usage = type("Usage", (), {"free": 1 * 2**30})
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage)
+    with pytest.raises(PreflightError) as err:
+        preflight.require_disk(tmp_path / "not" / "yet", 6 * 2**30, "2 new node(s)' overlays and data disks")
+    assert "1.0 GiB free, 6.0 GiB needed for 2 new node(s)' overlays" in str(err.value)
+
+
+def test_enough_disk_passes(tmp_path):
+    preflight.require_disk(tmp_path, 1024, "a tiny file")
+
+
+def test_socket_path_limit_is_108_bytes_with_nul():
+    preflight.require_short_socket_paths([Path("/" + "a" * 106)])
+    with pytest.raises(PreflightError, match="too long for AF_UNIX"):
+        preflight.require_short_socket_paths([Path("/" + "a" * 107)])
+
+
+def test_comma_in_path_is_refused_for_qemu():
+    with pytest.raises(PreflightError, match="comma"):
+        preflight.require_qemu_safe_paths([Path("/var/tmp/a,b")])
+
+
+@pytest.mark.parametrize("text,size", [("4G", 4 * 2**30), ("512M", 512 * 2**20), ("1024", 1024), ("2GB", 2 * 2**30)])
+def test_parse_size(text, size):
+    assert preflight.parse_size(text) == size
+
+
+# --- pidfiles and processes ----------------------------------------------------------
+
+
+def test_stale_pidfile_of_a_dead_process_is_removed_and_reported(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pidfile = tmp_path / "node1.pid"
+    pidfile.write_text(f"{dead.pid}\n")
+    said = []
+    assert procs.live_pid(pidfile, ["qemu-system-x86_64"], "node1", said.append) is None
+    assert not pidfile.exists()
+    assert said and "stale pidfile" in said[0] and "not running" in said[0]
+
+
+def test_pid_reused_by_another_program_is_left_alone(tmp_path, sleeper):
+    pidfile = tmp_path / "node1.pid"
+    pidfile.write_text(str(sleeper.pid))
+    said = []
+    assert procs.live_pid(pidfile, ["qemu-system-x86_64", str(pidfile)], "node1", said.append) is None
+    assert not pidfile.exists()
+    assert "another program" in said[0] and "left it alone" in said[0]
+    assert sleeper.poll() is None  # still running
+
+
+def test_status_style_lookup_does_not_remove_pidfiles(tmp_path, sleeper):
+    pidfile = tmp_path / "node1.pid"
+    pidfile.write_text(str(sleeper.pid))
+    assert procs.live_pid(pidfile, ["qemu"], "node1", cleanup=False) is None
+    assert pidfile.exists()
+
+
+def test_our_process_is_found_by_its_markers(tmp_path, sleeper):
+    pidfile = tmp_path / "x.pid"
+    pidfile.write_text(str(sleeper.pid))
+    assert procs.live_pid(pidfile, ["sleep", "60"], "sleeper") == sleeper.pid
+
+
+def test_terminate_never_signals_a_process_that_is_not_ours(sleeper):
+    assert procs.terminate(sleeper.pid, ["qemu-system-x86_64", "/run/node1.pid"], timeout=1) is False
+    assert sleeper.poll() is None
+
+
+def test_terminate_stops_our_process(sleeper):
+    assert procs.terminate(sleeper.pid, ["sleep", "60"], timeout=5)
+    assert sleeper.wait(timeout=5) == -15
+
+
+def test_children_are_found_through_proc():
+    parent = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])
+    try:
+        found = wait.until(lambda: (bool(procs.children(parent.pid)), "no child yet"),
+                           what="the child", timeout=5, interval=0.05)
+        assert found < 5
+        child = procs.children(parent.pid)[0]
+        assert procs.cmdline(child)[0] == "sleep"
+    finally:
+        for pid in procs.children(parent.pid):
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+
+
+# --- waits ---------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_wait_returns_elapsed_time_when_ready():
+    clock = FakeClock()
+    answers = iter([(False, "refused"), (False, "refused"), (True, "ok")])
+    took = wait.until(lambda: next(answers), what="x", timeout=60, interval=2, clock=clock, sleep=clock.sleep)
+    assert took == 4.0
+
+
+def test_wait_timeout_names_what_and_last_observation_and_console_tail(tmp_path):
+    log = tmp_path / "node1.console.log"
+    log.write_text("".join(f"boot line {i}\r\n" for i in range(100)))
+    clock = FakeClock()
+    with pytest.raises(WaitTimeout) as err:
+        wait.until(lambda: (False, "ssh: Connection refused"), what="node1 to be ready (ssh)",
+                   timeout=10, interval=3, clock=clock, sleep=clock.sleep,
+                   details=lambda: wait.console_details(log, 5))
+    assert "gave up after 10 s waiting for node1 to be ready (ssh)" in str(err.value)
+    assert "Connection refused" in str(err.value)
+    assert "boot line 99" in err.value.details and "boot line 94" not in err.value.details
+    assert "\r" not in err.value.details
+
+
+def test_wait_aborts_at_once_when_the_process_died():
+    clock = FakeClock()
+    with pytest.raises(LabError, match="its QEMU .* exited") as err:
+        wait.until(lambda: (False, "refused"), what="node1", timeout=600, clock=clock, sleep=clock.sleep,
+                   abort=lambda: "its QEMU (pid 1) exited")
+    assert not isinstance(err.value, WaitTimeout)
+    assert clock.now == 0
+
+
+def test_console_details_of_missing_log(tmp_path):
+    assert "empty or missing" in wait.console_details(tmp_path / "none.log")
+
+
+# --- QEMU command line and disks -----------------------------------------------------
+
+
+def test_node_argv_has_the_facts_that_work(lab_dirs):
+    node, img = Node(2), Path("/img/abc")
+    argv = qemu.node_argv(node, img)
+    joined = " ".join(argv)
+    assert argv[0] == "qemu-system-x86_64"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"  # KVM hangs
+    assert argv[argv.index("-cpu") + 1] == "qemu64,+npt"
+    assert "bootscrub=0" in argv[argv.index("-append") + 1]
+    assert argv[argv.index("-initrd") + 1] == (
+        "/img/abc/vmlinuz root=/dev/vda ro console=hvc0 systemd.hostname=node2 net.ifnames=0 panic=-1"
+        ",/img/abc/initrd.img"
+    )
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined and "restrict=on" in joined
+    assert f"guestfwd=tcp:10.0.2.100:4506-cmd:socat - TCP:127.0.0.1:{config.MASTER_RET_PORT}" in joined
+    assert f"vde,id=san,sock={lab_dirs / 'run' / 'san.vde'}" in joined
+    assert "mac=52:54:00:00:02:01" in joined and "mac=52:54:00:00:02:02" in joined
+    assert "serial=n2data1" in joined and "serial=n2root" in joined
+    assert argv[-3:] == ["-pidfile", str(node.pidfile), "-daemonize"]
+    # nothing but loopback is ever bound on the host
+    assert "0.0.0.0" not in joined and "hostfwd=tcp::" not in joined
+
+
+def test_qemu_markers_are_specific_to_one_node(lab_dirs):
+    argv1 = " ".join(qemu.node_argv(Node(1), Path("/img")))
+    assert all(marker in argv1 for marker in qemu.markers(Node(1)))
+    assert not all(marker in argv1 for marker in qemu.markers(Node(2)))
+
+
+def _fake_image(root: Path, key: str = "key1") -> Path:
+    img = root / "images" / key
+    img.mkdir(parents=True)
+    for name in qemu.IMAGE_FILES:
+        (img / name).write_bytes(b"x")
+    with (img / "base.raw").open("wb") as handle:
+        handle.truncate(2**20)
+    return img
+
+
+needs_qemu_img = pytest.mark.skipif(not preflight.shutil.which("qemu-img"), reason="qemu-img not installed")
+
+
+@needs_qemu_img
+def test_prepare_disks_makes_overlay_stamp_and_sparse_data_disks(lab_dirs, monkeypatch):
+    monkeypatch.setattr(config, "DATA_DISK_SIZE", "1G")
+    img, node = _fake_image(lab_dirs), Node(1)
+    assert qemu.prepare_disks(node, img) == ["overlay", "data1", "data2"]
+    assert node.data_disk(1).stat().st_size == 2**30
+    assert node.data_disk(1).stat().st_blocks == 0  # sparse
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(node.overlay)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["backing-filename"] == str(img / "base.raw")
+    assert qemu.read_stamp(node)["key"] == "key1"
+    assert qemu.stale_disks_reason(node, img) is None
+    assert qemu.prepare_disks(node, img) == []  # idempotent
+
+
+@needs_qemu_img
+def test_overlay_of_another_image_key_is_stale(lab_dirs):
+    old, new, node = _fake_image(lab_dirs, "old"), _fake_image(lab_dirs, "new"), Node(1)
+    qemu.prepare_disks(node, old)
+    assert "built on image old, the current image is new" in qemu.stale_disks_reason(node, new)
+    assert len(qemu.remove_disks(node)) == 4
+    assert not node.overlay.exists() and not node.data_disk(2).exists()
+
+
+@needs_qemu_img
+def test_rebuilt_image_with_same_key_makes_the_overlay_stale(lab_dirs):
+    img, node = _fake_image(lab_dirs), Node(1)
+    qemu.prepare_disks(node, img)
+    os.utime(img / "base.raw", ns=(1, 1))
+    assert "rebuilt" in qemu.stale_disks_reason(node, img)
+
+
+def test_overlay_without_a_stamp_is_stale(lab_dirs):
+    img, node = _fake_image(lab_dirs), Node(1)
+    node.overlay.write_bytes(b"")
+    assert "no image record" in qemu.stale_disks_reason(node, img)
+
+
+def test_console_log_of_the_previous_boot_is_kept(lab_dirs):
+    node = Node(1)
+    node.console_log.write_text("old boot\n")
+    qemu.rotate_console_log(node)
+    assert not node.console_log.exists()
+    assert node.console_log.with_name("node1.console.log.1").read_text() == "old boot\n"
+
+
+def test_first_error_skips_gui_module_noise():
+    stderr = ("qemu: module ui-ui-gtk not found, do you want to install qemu-system-gui package?\n"
+              "qemu-system-x86_64: -netdev vde: could not connect\n")
+    assert qemu.first_error(stderr) == "qemu-system-x86_64: -netdev vde: could not connect"
+
+
+def test_monitor_quit_talks_hmp_over_the_unix_socket(lab_dirs):
+    node = Node(1)
+    received = []
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(node.monitor))
+    server.listen()
+
+    def fake_qemu():
+        conn, _ = server.accept()
+        conn.sendall(b"QEMU 7.2.0 monitor - type 'help' for more information\r\n(qemu) ")
+        received.append(conn.recv(100))
+        conn.close()
+
+    thread = threading.Thread(target=fake_qemu)
+    thread.start()
+    assert qemu.quit_via_monitor(node)
+    thread.join(5)
+    server.close()
+    assert received == [b"quit\n"]
+
+
+def test_monitor_quit_without_a_monitor_says_so(lab_dirs):
+    assert qemu.quit_via_monitor(Node(1)) is False
+
+
+# --- SAN switch, ssh -----------------------------------------------------------------
+
+
+def test_san_switch_argv_stays_in_run_dir(lab_dirs):
+    argv = san.argv()
+    assert argv[:3] == ["vde_switch", "--sock", str(lab_dirs / "run" / "san.vde")]
+    assert "--daemon" in argv and str(lab_dirs / "run" / "san.pid") in argv
+    assert all(marker in " ".join(argv) for marker in san.markers())
+
+
+def test_ssh_argv_is_batch_loopback_and_quotes_argv():
+    argv = ssh.argv(Node(3), Path("/k/id_ed25519"), ["sh", "-c", "echo 'a b'"])
+    assert argv[0] == "ssh" and "BatchMode=yes" in argv and "StrictHostKeyChecking=no" in argv
+    assert "UserKnownHostsFile=/dev/null" in argv and "ConnectTimeout=5" in argv
+    assert argv[argv.index("-p") + 1] == "2223" and argv[argv.index("-i") + 1] == "/k/id_ed25519"
+    assert argv[-2] == "root@127.0.0.1"
+    assert argv[-1] == "sh -c 'echo '\"'\"'a b'\"'\"''"
+
+
+def test_ssh_string_command_is_a_shell_line():
+    assert ssh.argv(Node(1), Path("/k"), "xl list | wc -l")[-1] == "xl list | wc -l"
+    assert ssh.argv(Node(1), Path("/k"))[-1] == "root@127.0.0.1"
+
+
+# --- state and lock ------------------------------------------------------------------
+
+
+def test_state_records_nodes_incrementally(lab_dirs):
+    state.update_node("node1", pid=10, boot_to_ready_s=None)
+    state.update_node("node1", boot_to_ready_s=55.5)
+    state.update_node("node2", pid=11)
+    data = json.loads((lab_dirs / "run" / "cluster.json").read_text())
+    assert data["nodes"]["node1"] == {"pid": 10, "boot_to_ready_s": 55.5}
+    assert data["nodes"]["node2"] == {"pid": 11}
+
+
+def test_lock_refuses_a_second_lab_command(lab_dirs):
+    script = ("import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+              "print('locked', flush=True); time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(lab_dirs / "run" / "lab.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LabError, match="another `python -m lab` command"):
+            with state.locked("up"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_is_reentrant_within_one_command(lab_dirs):
+    with state.locked("up"):
+        with state.locked("master"):
+            pass
+    with state.locked("down"):
+        pass
+
+
+# --- master --------------------------------------------------------------------------
+
+
+def test_master_config_binds_loopback_and_serves_the_checkout(lab_dirs):
+    assert master.write_config() is True
+    assert master.write_config() is False  # unchanged: a running master is kept
+    import yaml
+
+    conf = yaml.safe_load((lab_dirs / "master" / "etc" / "master").read_text())
+    assert conf["interface"] == "127.0.0.1" and conf["auto_accept"] is False
+    assert conf["publish_port"] == config.MASTER_PUBLISH_PORT and conf["ret_port"] == config.MASTER_RET_PORT
+    assert conf["user"] == "root" and conf["worker_threads"] == 2 and conf["timeout"] == 30
+    assert conf["file_roots"]["base"] == [str(config.REPO / "salt"), str(lab_dirs / "master" / "ext")]
+    assert conf["pillar_roots"]["base"] == [str(config.REPO / "pillar")]
+    # salt prefixes root_dir to paths outside it, so pidfile and log live inside it
+    for key in ("pidfile", "log_file", "pki_dir", "sock_dir", "cachedir"):
+        assert conf[key].startswith(conf["root_dir"] + "/"), key
+    for tree in ("_modules", "_states", "_runners"):
+        assert (lab_dirs / "master" / "ext" / tree).resolve() == config.REPO / tree
+
+
+def test_master_sockets_fit_af_unix_by_default():
+    preflight.require_short_socket_paths([master.SOCK_DIR / "master_event_pull.ipc"])
+
+
+PUB = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+
+
+def test_minion_key_is_accepted_and_pending_copies_removed(tmp_path):
+    (tmp_path / "minions_pre").mkdir()
+    (tmp_path / "minions_pre" / "node1").write_text(PUB)
+    assert master.install_minion_key("node1", PUB, tmp_path) == "accepted"
+    assert (tmp_path / "minions" / "node1").read_text() == PUB
+    assert not (tmp_path / "minions_pre" / "node1").exists()
+    assert master.install_minion_key("node1", PUB, tmp_path) == "already accepted"
+
+
+def test_stale_minion_key_of_an_earlier_overlay_is_replaced(tmp_path):
+    (tmp_path / "minions").mkdir()
+    (tmp_path / "minions" / "node1").write_text(PUB.replace("AAAA", "OLD"))
+    assert "replaced a stale key" in master.install_minion_key("node1", PUB, tmp_path)
+    assert (tmp_path / "minions" / "node1").read_text() == PUB
+
+
+def test_garbage_instead_of_a_key_is_refused(tmp_path):
+    with pytest.raises(LabError, match="does not look like a public key"):
+        master.install_minion_key("node1", "cat: no such file", tmp_path)
+
+
+def test_salt_tools_run_with_the_lab_config(lab_dirs):
+    argv = master.salt_argv("salt", ["*", "test.ping"])
+    assert Path(argv[0]).parent == Path(sys.executable).parent
+    assert argv[1:] == ["-c", str(lab_dirs / "master" / "etc"), "*", "test.ping"]
+
+
+def test_one_ssh_round_trip_reads_minion_key_and_cached_master_key():
+    output = PUB + master.KEY_SEPARATOR + "\n" + "MASTERKEY\n"
+    assert master.split_keys(output) == (PUB, "MASTERKEY")
+    assert master.split_keys(PUB + master.KEY_SEPARATOR + "\n") == (PUB, "")
