@@ -95,6 +95,17 @@ class Node:
     def data_disk(self, k: int) -> Path:
         return RUN_DIR / f"{self.name}-data{k}.raw"
 
+    # Added for the lab runtime (lab/qemu.py, lab/cluster.py).
+    @property
+    def console_socket(self) -> Path:
+        return RUN_DIR / f"{self.name}.con"
+
+    @property
+    def image_stamp(self) -> Path:
+        """Which image the overlay was built on (JSON: key, base.raw identity, and the
+        pinned image dir under RUN_DIR the node boots from)."""
+        return RUN_DIR / f"{self.name}.image.json"
+
 
 def node_by_name(name: str) -> Node:
     match = NODE_NAME_RE.match(name)
@@ -107,3 +118,32 @@ def nodes(count: int) -> list[Node]:
     if not 1 <= count <= MAX_NODES:
         raise ValueError(f"node count must be between 1 and {MAX_NODES}, got {count}")
     return [Node(n) for n in range(1, count + 1)]
+
+
+# --- Lab runtime (lab/cluster.py, lab/master.py): added, nothing above changed. ---
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+SAN_SWITCH_SOCK = RUN_DIR / "san.vde"  # vde_switch control dir: the nodes' private SAN segment
+SAN_SWITCH_PIDFILE = RUN_DIR / "san.pid"
+CLUSTER_STATE = RUN_DIR / "cluster.json"
+LOCK_FILE = RUN_DIR / "lab.lock"
+
+MASTER_ETC = MASTER_DIR / "etc"  # salt -c MASTER_ETC
+MASTER_ROOT = MASTER_DIR / "r"  # short: salt's AF_UNIX sockets live below it (108 bytes)
+MASTER_EXT = MASTER_DIR / "ext"  # _modules/_states/_runners symlinks to the checkout
+MASTER_PIDFILE = MASTER_ROOT / "master.pid"  # under root_dir: salt prefixes root_dir to any other path
+MASTER_LOG = MASTER_ROOT / "master.log"
+
+# Bounded waits, in seconds. Every wait polls real readiness; these only cap it.
+BOOT_TIMEOUT = _env_int("XENCLUSTER_LAB_BOOT_TIMEOUT", 900)
+STOP_TIMEOUT = _env_int("XENCLUSTER_LAB_STOP_TIMEOUT", 150)  # graceful poweroff: 45-70 s seen
+MINION_TIMEOUT = _env_int("XENCLUSTER_LAB_MINION_TIMEOUT", 300)
+MASTER_START_TIMEOUT = _env_int("XENCLUSTER_LAB_MASTER_TIMEOUT", 90)
+
+# Disk a new node may fill under LAB_DIR: overlay growth plus what tests write to
+# the (sparse) data disks. Checked before anything starts.
+NODE_DISK_RESERVE_MB = _env_int("XENCLUSTER_LAB_NODE_DISK_MB", 3072)

@@ -279,8 +279,11 @@ def test_prepare_disks_makes_overlay_stamp_and_sparse_data_disks(lab_dirs, monke
     assert node.data_disk(1).stat().st_blocks == 0  # sparse
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(node.overlay)],
                                      capture_output=True, text=True, check=True).stdout)
-    assert info["backing-filename"] == str(img / "base.raw")
+    pinned = Path(qemu.read_stamp(node)["dir"])
+    assert info["backing-filename"] == str(pinned / "base.raw")
+    assert (pinned / "base.raw").stat().st_ino == (img / "base.raw").stat().st_ino  # a hard link
     assert qemu.read_stamp(node)["key"] == "key1"
+    assert qemu.backing_intact(node)
     assert qemu.stale_disks_reason(node, img) is None
     assert qemu.prepare_disks(node, img) == []  # idempotent
 
@@ -300,6 +303,32 @@ def test_rebuilt_image_with_same_key_makes_the_overlay_stale(lab_dirs):
     qemu.prepare_disks(node, img)
     os.utime(img / "base.raw", ns=(1, 1))
     assert "rebuilt" in qemu.stale_disks_reason(node, img)
+
+
+@needs_qemu_img
+def test_pinned_image_survives_a_forced_rebuild_of_the_cache(lab_dirs):
+    import shutil
+
+    img, node = _fake_image(lab_dirs), Node(1)
+    (img / "id_ed25519").write_text("the key the overlay trusts")
+    qemu.prepare_disks(node, img)
+    shutil.rmtree(img)  # what a forced rebuild does to the old image directory
+    rebuilt = _fake_image(lab_dirs)
+    pinned = Path(qemu.read_stamp(node)["dir"])
+    assert (pinned / "id_ed25519").read_text() == "the key the overlay trusts"
+    assert (pinned / "vmlinuz").exists() and qemu.backing_intact(node)
+    assert "rebuilt" in qemu.stale_disks_reason(node, rebuilt)  # the next fresh `up` moves on
+
+
+@needs_qemu_img
+def test_pins_no_overlay_uses_are_pruned(lab_dirs):
+    old, new, node = _fake_image(lab_dirs, "old"), _fake_image(lab_dirs, "new"), Node(1)
+    qemu.prepare_disks(node, old)
+    old_pin = Path(qemu.read_stamp(node)["dir"])
+    qemu.remove_disks(node)
+    qemu.prepare_disks(node, new)
+    assert qemu.prune_pins() == [old_pin]
+    assert Path(qemu.read_stamp(node)["dir"]).exists()
 
 
 def test_overlay_without_a_stamp_is_stale(lab_dirs):
@@ -461,7 +490,45 @@ def test_salt_tools_run_with_the_lab_config(lab_dirs):
     assert argv[1:] == ["-c", str(lab_dirs / "master" / "etc"), "*", "test.ping"]
 
 
-def test_one_ssh_round_trip_reads_minion_key_and_cached_master_key():
-    output = PUB + master.KEY_SEPARATOR + "\n" + "MASTERKEY\n"
-    assert master.split_keys(output) == (PUB, "MASTERKEY")
-    assert master.split_keys(PUB + master.KEY_SEPARATOR + "\n") == (PUB, "")
+def test_one_ssh_round_trip_reads_minion_key_cached_master_key_and_minion_state():
+    output = PUB + master.KEY_SEPARATOR + "\n" + "MASTERKEY\n" + master.STATE_SEPARATOR + "\nactive\n"
+    assert master.split_keys(output) == (PUB, "MASTERKEY", "active")
+    output = PUB + master.KEY_SEPARATOR + "\n" + master.STATE_SEPARATOR + "\nfailed\n"
+    assert master.split_keys(output) == (PUB, "", "failed")
+
+
+def test_fresh_overlay_drops_every_key_the_master_holds_for_the_node(tmp_path):
+    for kind in ("minions", "minions_denied"):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "node1").write_text(PUB)
+    (tmp_path / "minions").joinpath("node2").write_text(PUB)
+    assert master.forget_minion_key("node1", tmp_path) is True
+    assert not (tmp_path / "minions" / "node1").exists() and not (tmp_path / "minions_denied" / "node1").exists()
+    assert (tmp_path / "minions" / "node2").exists()
+    assert master.forget_minion_key("node1", tmp_path) is False
+
+
+def test_a_pidfile_being_written_is_not_removed_while_waiting_for_startup(tmp_path):
+    pidfile = tmp_path / "san.pid"
+    pidfile.write_text("")  # the daemon has created it but not written its pid yet
+    assert procs.live_pid(pidfile, ["vde_switch"], "SAN switch", cleanup=False) is None
+    assert pidfile.exists()
+
+
+def test_a_cancelled_wait_stops_at_its_next_poll():
+    wait.cancelled.set()
+    try:
+        with pytest.raises(LabError, match="interrupted while waiting for node1"):
+            wait.until(lambda: (False, ""), what="node1", timeout=600)
+    finally:
+        wait.cancelled.clear()
+
+
+def test_a_tool_that_vanished_after_preflight_is_still_one_clear_line(monkeypatch):
+    def not_installed(argv, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", argv[0])
+
+    monkeypatch.setattr(qemu.subprocess, "run", not_installed)
+    monkeypatch.setattr(preflight.shutil, "which", lambda tool: None)
+    with pytest.raises(PreflightError, match="apt-get install vde2"):
+        qemu.run_checked(["vde_switch", "--help"], "starting the SAN switch")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,7 @@ def fake_lab(lab_dirs, monkeypatch):  # noqa: F811
     """A lab where the image exists, we are root, tools exist, and nothing really starts."""
     img = _fake_image(lab_dirs)
     running: dict[str, int] = {}
-    calls = {"san": 0, "started": [], "waited": [], "stopped": [], "fail_start": set()}
+    calls = {"san": 0, "started": [], "waited": [], "stopped": [], "fail_start": set(), "san_pid": None}
 
     monkeypatch.setattr(preflight.os, "geteuid", lambda: 0)
     monkeypatch.setattr(preflight.shutil, "which", lambda tool: "/usr/bin/" + tool)
@@ -32,11 +31,12 @@ def fake_lab(lab_dirs, monkeypatch):  # noqa: F811
 
     def fake_san(log):
         calls["san"] += 1
+        calls["san_pid"] = 4242
         return 4242
 
     def fake_prepare(node, image):
         node.overlay.write_bytes(b"qcow2")
-        node.image_stamp.write_text(json.dumps(qemu.image_identity(image)))
+        node.image_stamp.write_text(json.dumps({**qemu.image_identity(image), "dir": str(image)}))
         return ["overlay"]
 
     def fake_start(node, image):
@@ -57,6 +57,7 @@ def fake_lab(lab_dirs, monkeypatch):  # noqa: F811
 
     monkeypatch.setattr(san, "ensure", fake_san)
     monkeypatch.setattr(san, "stop", lambda log: None)
+    monkeypatch.setattr(san, "running", lambda log=None, cleanup=True: calls["san_pid"])
     monkeypatch.setattr(master, "stop", lambda log: False)
     monkeypatch.setattr(master, "running", lambda log=None, cleanup=True: None)
     monkeypatch.setattr(qemu, "prepare_disks", fake_prepare)
@@ -202,6 +203,16 @@ def test_restart_boots_the_same_overlay(fake_lab, monkeypatch):
     assert "node1: stopped by graceful poweroff in 1.0 s" in said
 
 
+def test_restart_refuses_an_overlay_whose_base_changed(fake_lab):
+    cluster.up(1, log=lambda line: None)
+    base = fake_lab["img"] / "base.raw"
+    base.unlink()
+    base.write_bytes(b"rebuilt")
+    with pytest.raises(LabError, match="base image under node1's overlay was rebuilt"):
+        cluster.restart("node1")
+    assert fake_lab["calls"]["stopped"] == []  # refused before stopping anything
+
+
 def test_restart_of_a_node_without_overlay_points_to_up(fake_lab):
     with pytest.raises(LabError, match="use `python -m lab up`"):
         cluster.restart("node1")
@@ -292,6 +303,7 @@ def test_cli_logs_tail(lab_dirs, capsys):  # noqa: F811
 
 def test_up_with_every_node_running_needs_no_image(fake_lab, monkeypatch):
     fake_lab["running"].update(node1=771, node2=772)
+    fake_lab["calls"]["san_pid"] = 4242
     monkeypatch.setattr(cluster, "image_dir", lambda build=False, log=print: pytest.fail("image not needed"))
     said = []
     cluster.up(2, log=said.append)
@@ -305,3 +317,20 @@ def test_reused_node_keeps_its_recorded_boot_time(fake_lab):
     cluster.up(1, log=said.append)
     assert "node1: ready (booted in 55.0 s)" in said
     assert state.load()["nodes"]["node1"]["boot_to_ready_s"] == 55.0
+
+
+def test_fresh_overlay_drops_the_masters_old_key_for_that_node(fake_lab):
+    accepted = fake_lab["dir"] / "master" / "r" / "pki" / "minions"
+    accepted.mkdir(parents=True)
+    (accepted / "node1").write_text("old key")
+    said = []
+    cluster.up(1, log=said.append)
+    assert not (accepted / "node1").exists()
+    assert "node1: new overlay, new minion key: dropped the master's old key for it" in said
+
+
+def test_up_says_when_running_nodes_lost_their_san_switch(fake_lab):
+    fake_lab["running"]["node1"] = 771
+    said = []
+    cluster.up(1, log=said.append)
+    assert any("lost their SAN link" in line for line in said)

@@ -1,0 +1,1 @@
+"""xencluster lab: a real Xen cluster inside QEMU (python -m lab)."""
