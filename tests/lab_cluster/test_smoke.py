@@ -57,6 +57,17 @@ def test_rtslib_reads_lio_on_every_node(lab_cluster):
         assert ret["retcode"] == 0 and ret["stdout"].strip().isdigit(), (node, ret)
 
 
+def test_private_san_link_joins_the_dom0s(lab_cluster):
+    """Each dom0 reaches every other dom0's SAN address over the lab's private segment."""
+    for node in lab_cluster:
+        for peer in lab_cluster:
+            if peer == node:
+                continue
+            addr = f"192.168.100.{peer.removeprefix('node')}"
+            ret = run_on_nodes([node], ["busybox", "ping", "-c", "2", "-W", "5", addr])[node]
+            assert ret["retcode"] == 0 and " 0% packet loss" in ret["stdout"], (node, addr, ret)
+
+
 def test_extension_syncs_to_dom0s_and_runs(lab_cluster):
     nodes = ",".join(lab_cluster)
     synced = salt(nodes, "saltutil.sync_all", "-L")
