@@ -5,6 +5,9 @@ tools), with a Python that can import salt (the project venv, or the minion's):
 
     python tests/recordings/capture.py lvm tests/recordings/lvm/<name> [--extra=ARG ...]
     python tests/recordings/capture.py xl  tests/recordings/xl/<name>
+    python tests/recordings/capture.py lio tests/recordings/lio/<name>
+    python tests/recordings/capture.py iscsi tests/recordings/iscsi/<name> [--portal=IP]
+    python tests/recordings/capture.py md  tests/recordings/md/<name> --md=/dev/md0 [--leg=/dev/X ...]
 
 It imports the argument lists from ``_modules/`` (so a recording always matches
 what the module runs), writes each command's stdout byte for byte to
@@ -12,6 +15,13 @@ what the module runs), writes each command's stdout byte for byte to
 and every argv exactly as run. ``--extra`` arguments are inserted right after
 the command name (e.g. ``--extra=--devices=/dev/loop0`` to keep LVM away from
 the host's own disks); they are recorded in meta.json too. See README.md.
+
+``lio`` records ``rtslib_fb.RTSRoot().dump()`` (the one read
+``xencluster_lio.exports`` makes) as ``dump.json``, with every CHAP value
+replaced by ``REDACTED``. ``iscsi`` records ``iscsiadm -m session``
+(``session.out``; rc 21 "No active sessions" is kept as a valid answer), the
+sysfs files ``xencluster_iscsi.sessions`` reads (``sysfs.json``), and with
+``--portal`` a SendTargets discovery (``discovery.out``).
 """
 
 import argparse
@@ -51,11 +61,20 @@ def _run(argv):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("tool", choices=["lvm", "xl"])
+    parser.add_argument("tool", choices=["lvm", "xl", "md", "lio", "iscsi"])
     parser.add_argument("outdir", type=pathlib.Path)
     parser.add_argument("--extra", action="append", default=[], help="argument inserted after the command name")
     parser.add_argument("--note", default="", help="free text stored in meta.json")
+    parser.add_argument("--md", action="append", default=[], help="md: an array to --detail --export")
+    parser.add_argument("--leg", action="append", default=[], help="md: a device to --examine --export")
+    parser.add_argument("--portal", default=None, help="iscsi: also record a discovery on this portal")
     args = parser.parse_args()
+    if args.tool == "md":
+        return _capture_md(args)
+    if args.tool == "lio":
+        return _capture_lio(args)
+    if args.tool == "iscsi":
+        return _capture_iscsi(args)
 
     commands, version_argv, version_keys = _commands(args.tool)
     version = _run(version_argv).stdout.decode(errors="replace").splitlines()
@@ -77,6 +96,107 @@ def main():
         meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
     (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"recorded {', '.join(commands)} into {args.outdir}")
+
+
+# --- md (xencluster_md): /proc/mdstat plus mdadm --export per array and per leg --
+
+
+def _capture_md(args):
+    """mdstat.out (the file), detail_export.<mdN>.out, examine_export.<leg>.out, detail_scan_export.out.
+
+    A failing command is recorded (rc and stderr in meta.json), not fatal: a
+    leg without a superblock makes --examine exit 1, and that is worth keeping.
+    """
+    mod = _module("xencluster_md")
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    with open(mod.MDSTAT, "rb") as fh:
+        mdstat = fh.read()
+    (args.outdir / "mdstat.out").write_bytes(mdstat)
+    commands = {"detail_scan_export": [mod.MDADM, "--detail", "--scan", "--export"]}
+    for md in args.md:
+        commands[f"detail_export.{os.path.basename(md)}"] = [*mod.DETAIL_EXPORT, md]
+    for leg in args.leg:
+        commands[f"examine_export.{os.path.basename(leg)}"] = [*mod.EXAMINE_EXPORT, leg]
+    meta = {
+        "host": os.uname().nodename,
+        "kernel": os.uname().release,
+        "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": [_run([mod.MDADM, "--version"]).stderr.decode(errors="replace").strip()],
+        "note": args.note,
+        "files": {"mdstat": mod.MDSTAT},
+        "realpath": {path: os.path.realpath(path) for path in [*args.md, *args.leg]},
+        "commands": {},
+    }
+    for name, argv in commands.items():
+        proc = _run(argv)
+        (args.outdir / f"{name}.out").write_bytes(proc.stdout)
+        meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            if line.startswith("MD_DEVICE_") and "_DEV=" in line:
+                dev = line.split("=", 1)[1]
+                meta["realpath"][dev] = os.path.realpath(dev)
+    (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"recorded mdstat, {', '.join(commands)} into {args.outdir}")
+
+
+def _meta(args, tool_version):
+    return {
+        "host": os.uname().nodename,
+        "kernel": os.uname().release,
+        "captured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tool_version": tool_version,
+        "note": args.note,
+        "commands": {},
+    }
+
+
+def _redact_chap(obj):
+    if isinstance(obj, dict):
+        return {k: ("REDACTED" if k.startswith(("chap_", "discovery_")) and "userid" not in k
+                    and "enable" not in k and v else _redact_chap(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_chap(v) for v in obj]
+    return obj
+
+
+def _capture_lio(args):
+    import rtslib_fb  # pylint: disable=import-outside-toplevel
+
+    version = _run(["dpkg-query", "-W", "-f", "${Version}", "python3-rtslib-fb"]).stdout.decode()
+    meta = _meta(args, [f"python3-rtslib-fb {version}".strip()])
+    dump = _redact_chap(rtslib_fb.RTSRoot().dump())
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    (args.outdir / "dump.json").write_text(json.dumps(dump, indent=2, sort_keys=True) + "\n")
+    meta["commands"]["dump"] = {"api_call": "rtslib_fb.RTSRoot().dump()", "rc": 0, "stderr": ""}
+    (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"recorded dump into {args.outdir}")
+
+
+def _capture_iscsi(args):
+    mod = _module("xencluster_iscsi")
+    version = _run(["iscsiadm", "--version"]).stdout.decode().strip()
+    meta = _meta(args, [version])
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    commands = {"session": (mod.SESSION_ARGV, (0, mod.ISCSI_ERR_NO_OBJS_FOUND))}
+    if args.portal:
+        argv = [*mod.DISCOVERY_ARGV, mod._check_portal(args.portal)]
+        commands["discovery"] = (argv, (0,))
+    for name, (argv, ok) in commands.items():
+        proc = _run(argv)
+        if proc.returncode not in ok:
+            sys.exit(f"{argv} failed (rc {proc.returncode}): {proc.stderr.decode(errors='replace')}")
+        (args.outdir / f"{name}.out").write_bytes(proc.stdout)
+        meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
+    sysfs = {}
+    base = pathlib.Path(mod.SYSFS_SESSIONS)
+    for session in sorted(base.glob("session*")):
+        entry = {f: (session / f).read_text().strip() for f in ("targetname", "state") if (session / f).exists()}
+        entry["block"] = sorted(str(p.relative_to(session)) for p in session.glob("device/target*/*/block/*"))
+        sysfs[session.name] = entry
+    (args.outdir / "sysfs.json").write_text(json.dumps(sysfs, indent=2, sort_keys=True) + "\n")
+    meta["commands"]["sysfs"] = {"read": f"{base}/session*/{{targetname,state}}, {base}/session*/device/target*/*/block/*"}
+    (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"recorded {', '.join(commands)}, sysfs into {args.outdir}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,307 @@
+"""xencluster_iscsi execution module: sessions from one iscsiadm call plus sysfs, login/logout, CHAP.
+
+``iscsiadm`` answers come from recordings made on a lab dom0
+(tests/recordings/iscsi/); the sysfs files ``sessions`` reads are rebuilt in
+a temporary directory from the recording's ``sysfs.json``.
+"""
+
+import json
+import pathlib
+
+import pytest
+from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
+
+from saltext.xencluster.modules import xencluster_iscsi as iscsi
+
+RECORDINGS = pathlib.Path(__file__).resolve().parents[1] / "recordings" / "iscsi"
+NONE = "lab-node2-no-session"
+ONE = "lab-node2-xcl-session"
+TARGET = "iqn.2025-01.lab.xen:xcl-node1"
+PORTAL = "192.168.100.1:3260"
+NODE = ["iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL]
+
+INJECTIONS = [
+    "", "x; rm -rf /", "$(reboot)", "`id`", "x|cat", "x\n", "-ff", "--login", "../../etc", "a b",
+    "x'", "x>/etc/passwd", "x\x00", "ｘ", None, 7, ["x"],
+    "iqn.2025-01.lab:node2", "iqn.2025-01.lab.xen:x_y", "iqn.2025-01.lab.xen:x;reboot",
+    "iqn.2025-01.lab.xen:x\n", "iqn.2025-01.lab.xen:$(id)",
+]  # fmt: skip
+BAD_PORTALS = [
+    *INJECTIONS[:17], "192.168.100.1;reboot", "192.168.100.256", "192.168.100.1:0", "host.example",
+    "0.0.0.0", "[::]:3260", "192.168.100.1:3260,1", "--portal=1.2.3.4",
+]  # fmt: skip
+
+
+def rec(name, what):
+    return (RECORDINGS / name / what).read_text()
+
+
+def meta(name):
+    return json.loads(rec(name, "meta.json"))
+
+
+def build_sysfs(root, name):
+    """Rebuild the recorded /sys/class/iscsi_session files under ``root``."""
+    for session, entry in json.loads(rec(name, "sysfs.json")).items():
+        base = root / session
+        base.mkdir(parents=True)
+        for key in ("targetname", "state"):
+            if key in entry:
+                (base / key).write_text(entry[key] + "\n")
+        for block in entry["block"]:
+            (base / block).mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def configure_loader_modules(run_all):
+    return {iscsi: {"__salt__": {"cmd.run_all": run_all}}}
+
+
+def answer(name, command):
+    m = meta(name)["commands"][command]
+    return {"retcode": m["rc"], "stdout": rec(name, f"{command}.out"), "stderr": m["stderr"]}
+
+
+@pytest.fixture
+def no_session(run_all, tmp_path, monkeypatch):
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(NONE, "session")
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", NONE)))
+    return run_all
+
+
+@pytest.fixture
+def one_session(run_all, tmp_path, monkeypatch):
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(ONE, "session")
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", ONE)))
+    return run_all
+
+
+# --- sessions ------------------------------------------------------------------------
+
+
+def test_no_session_is_an_empty_list_not_an_error(no_session):
+    assert meta(NONE)["commands"]["session"]["rc"] == 21
+    assert "No active sessions" in meta(NONE)["commands"]["session"]["stderr"]
+    assert iscsi.sessions() == []
+    assert no_session.calls == [iscsi.SESSION_ARGV]
+
+
+def test_recorded_session_with_its_block_device(one_session):
+    (session,) = iscsi.sessions()
+    assert one_session.calls == [iscsi.SESSION_ARGV]  # one call, the rest is sysfs
+    assert session["target"] == TARGET and session["portal"] == PORTAL
+    assert session["transport"] == "tcp" and session["tpgt"] == 1
+    assert session["state"] == "LOGGED_IN"
+    (dev,) = session["devices"]
+    assert dev["lun"] == 0 and dev["device"].startswith("/dev/sd")
+    assert dev["hctl"].endswith(":0:0:0")
+
+
+def test_many_sessions_are_still_one_call(run_all, tmp_path, monkeypatch):
+    """SYNTHETIC: 40 sessions built from the recorded line and sysfs layout."""
+    lines, root = [], tmp_path / "sys"
+    for sid in range(1, 41):
+        target = f"{TARGET}{sid}"
+        lines.append(f"tcp: [{sid}] {PORTAL},1 {target} (non-flash)")
+        base = root / f"session{sid}"
+        base.mkdir(parents=True)
+        (base / "state").write_text("LOGGED_IN\n")
+        (base / "targetname").write_text(target + "\n")
+        for lun in range(3):
+            (base / f"device/target{sid}:0:0/{sid}:0:0:{lun}/block/sd{chr(97 + lun)}{sid}").mkdir(parents=True)
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = "\n".join(lines) + "\n"
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(root))
+    result = iscsi.sessions()
+    assert len(result) == 40 and all(len(s["devices"]) == 3 for s in result)
+    assert result[39]["target"] == f"{TARGET}40" and result[39]["devices"][2]["device"] == "/dev/sdc40"
+    assert run_all.calls == [iscsi.SESSION_ARGV]
+
+
+def test_unexpected_session_output_is_an_error(run_all):
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = "something else entirely\n"
+    with pytest.raises(CommandExecutionError, match="unexpected"):
+        iscsi.sessions()
+
+
+def test_iscsiadm_failure_carries_its_stderr(run_all):
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = {"retcode": 7, "stdout": "", "stderr": "iscsiadm: boom"}
+    with pytest.raises(CommandExecutionError, match="rc 7.*iscsiadm: boom"):
+        iscsi.sessions()
+
+
+# --- discovery ---------------------------------------------------------------------
+
+
+def test_recorded_discovery(run_all):
+    argv = meta(ONE)["commands"]["discovery"]["argv"]
+    run_all.outputs[tuple(argv)] = rec(ONE, "discovery.out")
+    found = iscsi.discover("192.168.100.1")
+    assert run_all.calls == [argv]
+    assert {"portal": PORTAL, "tpgt": 1, "target": TARGET} in found
+
+
+@pytest.mark.parametrize("bad", BAD_PORTALS)
+def test_bad_portals_never_reach_iscsiadm(run_all, bad):
+    with pytest.raises(SaltInvocationError):
+        iscsi.discover(bad)
+    with pytest.raises(SaltInvocationError):
+        iscsi.login(TARGET, bad)
+    with pytest.raises(SaltInvocationError):
+        iscsi.logout(TARGET, bad)
+    assert run_all.calls == []
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+def test_bad_targets_never_reach_iscsiadm(run_all, bad):
+    for call in (iscsi.login, iscsi.logout, iscsi.clear_chap):
+        with pytest.raises(SaltInvocationError):
+            call(bad, PORTAL)
+    with pytest.raises(SaltInvocationError):
+        iscsi.set_chap(bad, PORTAL, "node2", "long-enough-secret")
+    assert run_all.calls == []
+
+
+# --- login / logout ------------------------------------------------------------------
+
+
+def test_login_when_the_session_is_up_changes_nothing(one_session):
+    one_session.outputs[tuple(NODE)] = "node.name = x\n"
+    one_session.outputs[(*NODE, "-o", "show")] = "node.name = x\nnode.startup = automatic\n"
+    ret = iscsi.login(TARGET, "192.168.100.1")
+    assert ret["changed"] is False and ret["changes"] == []
+    assert ret["session"]["devices"][0]["device"].startswith("/dev/sd")
+    assert [c for c in one_session.calls if "--login" in c or "update" in c] == []
+
+
+def test_login_creates_the_record_sets_automatic_and_logs_in(run_all, tmp_path, monkeypatch):
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", ONE)))
+    run_all.outputs[tuple(NODE)] = {"retcode": 21, "stderr": "iscsiadm: No records found\n"}
+    run_all.outputs[(*NODE, "-o", "new")] = "New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=default] ...] added\n"
+    run_all.outputs[(*NODE, "-o", "show")] = "node.startup = manual\n"
+    run_all.outputs[(*NODE, "-o", "update", "-n", "node.startup", "-v", "automatic")] = ""
+    run_all.outputs[(*NODE, "--login")] = "Login ... successful.\n"
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(NONE, "session")
+
+    def after(argv):
+        if "--login" in argv:
+            run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(ONE, "session")
+
+    run_all.effects["iscsiadm"] = after
+    ret = iscsi.login(TARGET, PORTAL)
+    assert ret["changes"] == [
+        f"node record {TARGET} {PORTAL} created",
+        "node.startup set to automatic",
+        f"logged in to {TARGET} on {PORTAL}",
+    ]
+    assert ret["session"]["state"] == "LOGGED_IN"
+
+
+def test_login_race_with_an_existing_session_is_not_an_error(no_session):
+    no_session.outputs[tuple(NODE)] = "node.name = x\n"
+    no_session.outputs[(*NODE, "-o", "show")] = "node.startup = automatic\n"
+    no_session.outputs[(*NODE, "--login")] = {"retcode": 15, "stderr": "iscsiadm: session exists\n"}
+    assert iscsi.login(TARGET, PORTAL)["changed"] is False
+
+
+def test_login_failure_carries_iscsiadm_stderr(no_session):
+    no_session.outputs[tuple(NODE)] = "node.name = x\n"
+    no_session.outputs[(*NODE, "-o", "show")] = "node.startup = automatic\n"
+    no_session.outputs[(*NODE, "--login")] = {
+        "retcode": 24, "stderr": "iscsiadm: initiator reported error (24 - iSCSI login failed due to authorization failure)\n"
+    }  # fmt: skip
+    with pytest.raises(CommandExecutionError, match="rc 24.*authorization failure"):
+        iscsi.login(TARGET, PORTAL)
+
+
+def test_logout_and_delete_are_idempotent(run_all):
+    run_all.outputs[(*NODE, "--logout")] = {"retcode": 21, "stderr": "iscsiadm: No matching sessions found\n"}
+    run_all.outputs[(*NODE, "-o", "delete")] = {"retcode": 21, "stderr": "iscsiadm: No records found\n"}
+    assert iscsi.logout(TARGET, PORTAL, delete=True) == {"changed": False, "changes": []}
+    run_all.outputs[(*NODE, "--logout")] = "Logout of [sid: 1, ...] successful.\n"
+    run_all.outputs[(*NODE, "-o", "delete")] = ""
+    assert iscsi.logout(TARGET, PORTAL, delete=True)["changes"] == [
+        f"logged out of {TARGET} on {PORTAL}",
+        f"node record {TARGET} {PORTAL} deleted",
+    ]
+
+
+def test_rescan(no_session, run_all):
+    run_all.outputs[tuple(iscsi.RESCAN_ARGV)] = {"retcode": 21, "stderr": "iscsiadm: No session found.\n"}
+    assert iscsi.rescan() == []
+
+
+# --- CHAP ------------------------------------------------------------------------------
+
+
+def test_set_chap_updates_the_record_and_keeps_secrets_out_of_logs_and_returns(run_all, monkeypatch):
+    seen = []
+    run_all.outputs[tuple(NODE)] = "node.name = x\n"
+    run_all.outputs["iscsiadm"] = ""
+    original = run_all.__call__
+
+    def call(argv, **kwargs):
+        seen.append(kwargs)
+        return original(argv, **kwargs)
+
+    monkeypatch.setitem(iscsi.__salt__, "cmd.run_all", call)
+    ret = iscsi.set_chap(TARGET, PORTAL, "node2", "initiator-secret-1", "node1", "target-secret-22")
+    updates = [c[c.index("-n") + 1:] for c in run_all.calls if "update" in c]
+    assert updates == [
+        ["node.session.auth.authmethod", "-v", "CHAP"],
+        ["node.session.auth.username", "-v", "node2"],
+        ["node.session.auth.password", "-v", "initiator-secret-1"],
+        ["node.session.auth.username_in", "-v", "node1"],
+        ["node.session.auth.password_in", "-v", "target-secret-22"],
+    ]
+    for kwargs in seen[1:]:
+        assert kwargs["output_loglevel"] == "quiet"
+        redacted = kwargs["log_callback"]("iscsiadm ... -v initiator-secret-1 target-secret-22")
+        assert "secret-1" not in redacted and "secret-22" not in redacted
+    assert "secret" not in json.dumps(ret)
+
+
+def test_set_chap_failure_does_not_echo_the_secret(run_all):
+    run_all.outputs[tuple(NODE)] = "node.name = x\n"
+    run_all.outputs["iscsiadm"] = {"retcode": 6, "stderr": "iscsiadm: cannot set initiator-secret-1\n"}
+    with pytest.raises(CommandExecutionError) as exc:
+        iscsi.set_chap(TARGET, PORTAL, "node2", "initiator-secret-1")
+    assert "initiator-secret-1" not in str(exc.value) and "initiator-secret-1" not in json.dumps(exc.value.info)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("node2", "short"), ("no de", "long-enough-secret"), ("node2", "has space secret"),
+     ("node2", "long-enough-secret", "node1"), ("node2", "$(id)-long-secret")],
+)  # fmt: skip
+def test_bad_chap_never_reaches_iscsiadm(run_all, args):
+    with pytest.raises(SaltInvocationError) as exc:
+        iscsi.set_chap(TARGET, PORTAL, *args)
+    assert "secret" not in str(exc.value)
+    assert run_all.calls == []
+
+
+# --- misc --------------------------------------------------------------------------------
+
+
+def test_initiator_name(tmp_path, monkeypatch):
+    f = tmp_path / "initiatorname.iscsi"
+    f.write_text("## DO NOT EDIT\nInitiatorName=iqn.2025-01.lab.xen:node2\n")
+    monkeypatch.setattr(iscsi, "INITIATOR_FILE", str(f))
+    assert iscsi.initiator_name() == "iqn.2025-01.lab.xen:node2"
+    f.write_text("# nothing\n")
+    with pytest.raises(CommandExecutionError):
+        iscsi.initiator_name()
+
+
+def test_virtual_without_iscsiadm(monkeypatch):
+    monkeypatch.setattr(iscsi.salt.utils.path, "which", lambda name: None)
+    ok, reason = iscsi.__virtual__()
+    assert ok is False and "iscsiadm" in reason
+
+
+def test_every_public_function_has_a_cli_example():
+    for name in ("initiator_name", "discover", "login", "logout", "sessions", "rescan", "set_chap",
+                 "clear_chap", "valid_iqn"):  # fmt: skip
+        assert "CLI Example:" in getattr(iscsi, name).__doc__, name
