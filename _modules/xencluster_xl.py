@@ -5,18 +5,28 @@ Xen ``xl`` on xencluster dom0s: which guests run here, and what the host is.
   (JSON) and the run states with one plain ``xl list``: two calls per host,
   whatever the number of guests.
 * ``info`` parses ``xl info``.
+* Lifecycle: ``render_config``, ``create``, ``shutdown``, ``destroy``,
+  ``migrate``, ``save``, ``restore``, ``mem_set``, ``vcpu_set``,
+  ``sched_credit2``. Every argument is validated before it reaches an argument
+  list; nothing goes through a shell here (but ``xl migrate`` hands its ssh
+  command and host to ``sh -c``, so both are held to strict patterns).
 
 Only loads on a dom0 (``/proc/xen/capabilities`` contains ``control_d``) that
 has the ``xl`` binary. Named ``xencluster_xl`` so it never shadows Salt's
 ``xen``/``virt`` modules.
 """
 
+import ipaddress
 import json
 import logging
+import os
 import re
+import tempfile
+import time
 
 import salt.utils.path
 from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +217,437 @@ def info():
         salt node1 xencluster_xl.info
     """
     return _parse_info(_run(XL_INFO))
+
+
+# --- lifecycle: validation and rendering (pure) ------------------------------
+
+_GUEST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_KEY_RE = re.compile(r"[a-z_][a-z0-9_]*")
+_PATH_RE = re.compile(r"/[A-Za-z0-9_.,+=@/-]{0,4095}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+# `xl migrate -s` runs "exec <ssh command> <host> xl migrate-receive" with sh -c:
+# plain words only, no shell metacharacters, the first word `ssh` or a path.
+_SSH_WORD = r"[A-Za-z0-9_./=:@,+-]+"
+_SSH_CMD_RE = re.compile(rf"(?:ssh|/[A-Za-z0-9_./+-]*)(?: {_SSH_WORD}){{0,31}}")
+_MEM_RE = re.compile(r"([1-9][0-9]{0,14})([KkMmGgTt])")
+_MEM_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40}
+_MAX_MEMORY = 1 << 46  # 64 TiB
+_STOPPED = ("shutdown", "crashed", "dying", "gone")
+RUN_DIR = "/run"
+POLL_INTERVAL = 2
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _GUEST_RE.fullmatch(name):
+        raise SaltInvocationError(f"invalid guest name: {name!r}")
+    return name
+
+
+def _check_path(path, what="path"):
+    if not isinstance(path, str) or not _PATH_RE.fullmatch(path) or "/../" in f"{path}/":
+        raise SaltInvocationError(f"invalid {what} (absolute, plain characters, no '..'): {path!r}")
+    return path
+
+
+def _check_host(host):
+    if isinstance(host, str) and len(host) <= 253 and _HOST_RE.fullmatch(host):
+        return host
+    if isinstance(host, str) and _IPV6_CHARS.fullmatch(host):
+        try:
+            ipaddress.IPv6Address(host)
+            return host
+        except ValueError:
+            pass
+    raise SaltInvocationError(f"invalid host (a host name or IP address): {host!r}")
+
+
+def _check_ssh_command(ssh_command):
+    if ssh_command is None:
+        return None
+    if not isinstance(ssh_command, str) or not _SSH_CMD_RE.fullmatch(ssh_command):
+        raise SaltInvocationError(
+            f"invalid ssh_command: {ssh_command!r} (xl runs it with sh -c: plain words "
+            "separated by single blanks, starting with ssh or an absolute path)"
+        )
+    return ssh_command
+
+
+def _check_int(value, what, low, high):
+    if not _is_int(value) or not low <= value <= high:
+        raise SaltInvocationError(f"{what} must be an integer from {low} to {high}: {value!r}")
+    return value
+
+
+def _check_bool(value, what):
+    if not isinstance(value, bool):
+        raise SaltInvocationError(f"{what} must be True or False: {value!r}")
+    return value
+
+
+def _quote(key, value):
+    if not isinstance(value, str):
+        raise SaltInvocationError(f"config key {key!r}: list items must be strings: {value!r}")
+    bad = [ch for ch in value if not ch.isprintable()]
+    if bad:
+        raise SaltInvocationError(
+            f"config key {key!r}: newlines and control characters are refused: {bad[0]!r}"
+        )
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _render_value(key, value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if _is_int(value):
+        if value < 0:  # libxlu's number token has no sign
+            raise SaltInvocationError(f"config key {key!r}: negative numbers are refused: {value}")
+        return str(value)
+    if isinstance(value, str):
+        return _quote(key, value)
+    if isinstance(value, (list, tuple)):
+        return "[ " + ", ".join(_quote(key, item) for item in value) + " ]" if value else "[ ]"
+    raise SaltInvocationError(
+        f"config key {key!r}: unsupported value type {type(value).__name__} "
+        "(use str, int, bool or a list of str)"
+    )
+
+
+def render_config(config):
+    """
+    Render a dict as an xl.cfg (``key = value`` lines), safely quoted.
+
+    Strings are double-quoted with ``\\`` and ``"`` escaped; newlines and
+    other control characters are refused. Ints are bare, bools become 1/0,
+    lists of strings become ``[ "a", "b" ]``. Keys must match
+    ``^[a-z_][a-z0-9_]*$``. Lines are sorted by key, ``name`` first.
+    Nested dicts and other types raise SaltInvocationError naming the key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.render_config '{"name": "web1", "type": "pvh", "memory": 1024}'
+    """
+    if not isinstance(config, dict) or not config:
+        raise SaltInvocationError(f"config must be a non-empty dict: {config!r:.80}")
+    for key in config:
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            raise SaltInvocationError(f"invalid xl.cfg key: {key!r}")
+    keys = sorted(config, key=lambda k: (k != "name", k))
+    return "".join(f"{key} = {_render_value(key, config[key])}\n" for key in keys)
+
+
+_NAME_LINE = re.compile(r"""^[ \t]*name[ \t]*=[ \t]*(["'])(.*?)\1[ \t]*(?:[;#].*)?$""", re.M)
+
+
+def _config_file_name(path):
+    """The guest name set in an xl.cfg file (one ``name = "..."`` line)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            found = _NAME_LINE.findall(fh.read())
+    except OSError as exc:
+        raise SaltInvocationError(f"cannot read config_file {path}: {exc}")
+    if len(found) != 1:
+        raise SaltInvocationError(f"{path}: expected exactly one name = \"...\" line, found {len(found)}")
+    return _check_name(found[0][1])
+
+
+def _parse_memory(memory):
+    """Bytes (int) or ``512M``/``2G``/``1048576K`` -> the ``xl mem-set`` argument."""
+    if _is_int(memory):
+        if memory <= 0 or memory > _MAX_MEMORY or memory % 1024:
+            raise SaltInvocationError(f"memory in bytes must be a positive multiple of 1024: {memory!r}")
+        return f"{memory >> 20}m" if memory % (1 << 20) == 0 else f"{memory >> 10}k"
+    match = _MEM_RE.fullmatch(memory) if isinstance(memory, str) else None
+    if not match or int(match.group(1)) << _MEM_SHIFT[match.group(2).lower()] > _MAX_MEMORY:
+        raise SaltInvocationError(f"invalid memory: {memory!r} (use bytes or e.g. 512M, 2G)")
+    return f"{match.group(1)}{match.group(2).lower()}"
+
+
+def create_argv(path, paused=False):
+    """``xl create [-p] <path>``."""
+    return ["xl", "create"] + (["-p"] if paused else []) + [path]
+
+
+def migrate_argv(name, host, ssh_command=None):
+    """``xl migrate [-s <ssh command>] <name> <host>``."""
+    return ["xl", "migrate"] + (["-s", ssh_command] if ssh_command else []) + [name, host]
+
+
+# --- lifecycle: the calls -----------------------------------------------------
+
+
+def _write_temp_config(text, tmp_dir):
+    fd, path = tempfile.mkstemp(prefix="xencluster-xl-", suffix=".cfg", dir=tmp_dir)  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+def _create_from_file(name, path, paused):
+    if name in list_domains():
+        raise CommandExecutionError(f"a domain named {name} already exists on this host")
+    _run(create_argv(path, paused))
+    dom = list_domains().get(name) or {}
+    return {"name": name, "domid": dom.get("domid"), "state": dom.get("state", "gone")}
+
+
+def create(config=None, config_file=None, paused=False, tmp_dir=None):
+    """
+    Create (start) a guest with ``xl create``, from a dict or an xl.cfg file.
+
+    Exactly one of ``config`` (a dict, rendered by ``render_config`` into a
+    0600 temporary file under ``tmp_dir``, default ``/run``, removed
+    afterwards) or ``config_file`` (an existing absolute path). ``paused``
+    adds ``-p``. Refuses if a domain of that name already exists here.
+    Returns ``{"name", "domid", "state"}`` read back with ``list_domains``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.create config_file=/etc/xen/web1.cfg
+        salt node1 xencluster_xl.create config='{"name": "web1", "type": "pvh", "memory": 1024}'
+    """
+    _check_bool(paused, "paused")
+    if (config is None) == (config_file is None):
+        raise SaltInvocationError("give exactly one of config (a dict) or config_file (a path)")
+    if config_file is not None:
+        _check_path(config_file, "config_file")
+        if not os.path.isfile(config_file):
+            raise SaltInvocationError(f"config_file does not exist: {config_file}")
+        return _create_from_file(_config_file_name(config_file), config_file, paused)
+    text = render_config(config)
+    name = _check_name(config.get("name"))
+    tmp_dir = _check_path(RUN_DIR if tmp_dir is None else tmp_dir, "tmp_dir")
+    if not os.path.isdir(tmp_dir):
+        raise SaltInvocationError(f"tmp_dir is not a directory: {tmp_dir}")
+    path = _write_temp_config(text, tmp_dir)
+    try:
+        return _create_from_file(name, path, paused)
+    finally:
+        os.unlink(path)
+
+
+def _stopped(domains, name):
+    return name not in domains or domains[name]["state"] in _STOPPED
+
+
+def shutdown(name, timeout=120):
+    """
+    Ask a guest to shut down (``xl shutdown <name>``) and wait for it to stop.
+
+    Polls ``list_domains`` every few seconds up to ``timeout`` seconds (``xl
+    shutdown -w`` would wait without bound). A guest that is absent or
+    already shut down is left alone (``changed`` False). On timeout raises
+    CommandExecutionError: the guest is still running (a busybox init ignores
+    ``xl shutdown`` unless it traps the signals); ``destroy`` stops it hard.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.shutdown web1 timeout=300
+    """
+    _check_name(name)
+    _check_int(timeout, "timeout", 0, 86400)
+    domains = list_domains()
+    if _stopped(domains, name):
+        return {"name": name, "changed": False, "state": domains.get(name, {}).get("state", "absent")}
+    _run(["xl", "shutdown", name])
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise CommandExecutionError(
+                f"guest {name} is still running {timeout}s after xl shutdown (a guest may "
+                f"ignore it, e.g. a busybox init without signal traps); use "
+                f"xencluster_xl.destroy {name} to stop it hard"
+            )
+        time.sleep(min(POLL_INTERVAL, remaining))
+        domains = list_domains()
+        if _stopped(domains, name):
+            return {"name": name, "changed": True, "state": domains.get(name, {}).get("state", "absent")}
+
+
+def destroy(name):
+    """
+    Stop a guest at once (``xl destroy <name>``); an absent guest is a no-op.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.destroy web1
+    """
+    _check_name(name)
+    if name not in list_domains():
+        return {"name": name, "changed": False}
+    _run(["xl", "destroy", name])
+    return {"name": name, "changed": True}
+
+
+def _check_transport(transport, live):
+    if transport != "ssh":
+        raise SaltInvocationError(
+            f"transport {transport!r} is not implemented in this module yet (only 'ssh')"
+        )
+    if live is not True:
+        raise SaltInvocationError(
+            "xl migrate always migrates live (live=False is not supported); "
+            "for a cold move use save and restore"
+        )
+
+
+def _migrate_checks(name, host, domains):
+    dom = domains.get(name)
+    if dom is None:
+        raise CommandExecutionError(f"no guest named {name} on this host")
+    if dom["type"] == "pv":
+        raise CommandExecutionError(
+            f"{name} is a PV guest: Debian's Xen is built without shadow paging, so a PV "
+            "guest cannot be live-migrated (Failed to enable logdirty: 95); use PVH or HVM"
+        )
+    if dom["type"] not in ("pvh", "hvm"):
+        raise CommandExecutionError(f"cannot tell the type of {name} ({dom['type']!r}): not migrating")
+    return {"name": name, "domid": dom["domid"], "type": dom["type"], "state": dom["state"], "host": host}
+
+
+def migrate(name, host, transport="ssh", ssh_command=None, live=True, dry_run=False):
+    """
+    Live-migrate a guest to another dom0 with ``xl migrate``.
+
+    Before anything runs, one ``list_domains`` read refuses an unknown guest
+    and a PV guest (Debian's Xen has no shadow paging, so PV guests cannot be
+    live-migrated; use PVH or HVM). ``transport`` is ``ssh`` only for now:
+    ``xl migrate [-s <ssh_command>] <name> <host>``. xl passes the ssh command
+    and host to ``sh -c``, so both must be plain words. ``dry_run`` returns the
+    argv and the checks without migrating.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.migrate web1 node2
+        salt node1 xencluster_xl.migrate web1 node2 ssh_command='ssh -i /root/.ssh/xc' dry_run=True
+    """
+    _check_name(name)
+    _check_host(host)
+    _check_transport(transport, live)
+    _check_ssh_command(ssh_command)
+    _check_bool(dry_run, "dry_run")
+    checks = _migrate_checks(name, host, list_domains())
+    argv = migrate_argv(name, host, ssh_command)
+    if dry_run:
+        return {"argv": argv, "checks": checks, "migrated": False}
+    _run(argv)
+    return {"argv": argv, "checks": checks, "migrated": True}
+
+
+def save(name, path, keep_running=False, overwrite=False):
+    """
+    Save a guest's memory image to ``path`` (``xl save [-c] <name> <path>``).
+
+    ``path`` is absolute, its directory must exist and the file must not,
+    unless ``overwrite``. ``keep_running`` (``-c``) leaves the guest running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.save web1 /var/lib/xen/save/web1.save
+    """
+    _check_name(name)
+    _check_path(path)
+    _check_bool(keep_running, "keep_running")
+    _check_bool(overwrite, "overwrite")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise SaltInvocationError(f"directory of {path} does not exist")
+    if os.path.lexists(path) and not overwrite:
+        raise SaltInvocationError(f"{path} already exists (overwrite=True to replace it)")
+    _run(["xl", "save"] + (["-c"] if keep_running else []) + [name, path])
+    return {"name": name, "path": path, "running": keep_running}
+
+
+def restore(path, paused=False):
+    """
+    Restore a guest saved with ``save`` (``xl restore [-p] <path>``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.restore /var/lib/xen/save/web1.save
+    """
+    _check_path(path)
+    _check_bool(paused, "paused")
+    if not os.path.isfile(path):
+        raise SaltInvocationError(f"no saved image at {path}")
+    _run(["xl", "restore"] + (["-p"] if paused else []) + [path])
+    return {"path": path, "paused": paused}
+
+
+def mem_set(name, memory):
+    """
+    Set a guest's target memory (balloon): ``xl mem-set <name> <memory>``.
+
+    ``memory`` is bytes (int, a multiple of 1024) or a string such as
+    ``512M``, ``2G``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.mem_set web1 512M
+    """
+    _check_name(name)
+    arg = _parse_memory(memory)
+    _run(["xl", "mem-set", name, arg])
+    return {"name": name, "memory": arg}
+
+
+def vcpu_set(name, vcpus):
+    """
+    Set the number of online vCPUs of a guest: ``xl vcpu-set <name> <vcpus>``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.vcpu_set web1 2
+    """
+    _check_name(name)
+    _check_int(vcpus, "vcpus", 1, 1024)
+    _run(["xl", "vcpu-set", name, str(vcpus)])
+    return {"name": name, "vcpus": vcpus}
+
+
+def sched_credit2(name, weight=None, cap=None):
+    """
+    Set a guest's credit2 weight (1..65535) and/or cap (0..10000, percent of one CPU).
+
+    Runs ``xl sched-credit2 -d <name> [-w <weight>] [-c <cap>]``. Setting only:
+    the read output is not parsed here.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.sched_credit2 web1 weight=512 cap=100
+    """
+    _check_name(name)
+    if weight is None and cap is None:
+        raise SaltInvocationError("give weight and/or cap")
+    argv = ["xl", "sched-credit2", "-d", name]
+    if weight is not None:
+        argv += ["-w", str(_check_int(weight, "weight", 1, 65535))]
+    if cap is not None:
+        argv += ["-c", str(_check_int(cap, "cap", 0, 10000))]
+    _run(argv)
+    return {"name": name, "weight": weight, "cap": cap}
