@@ -74,3 +74,13 @@ def test_lvm_report_of_a_lab_dom0_with_legs_and_a_snapshot(dom0_with_legs):
     assert origin["size"] == 256 * MiB and origin["attr"][0] == "o"  # has a snapshot
     snapshot = report["lvs"]["xcvg/web1-disk0-a-snap"]
     assert snapshot["size"] == 64 * MiB and snapshot["attr"][0] == "s"
+
+
+def test_list_domains_of_a_lab_dom0_with_a_crashed_pvh_guest(run_all, recording):
+    rec = "lab-node1-pvh-crashed"
+    run_all.outputs[tuple(xl.XL_LIST_LONG)] = recording("xl", rec, "xl_list_l")
+    run_all.outputs[tuple(xl.XL_LIST)] = recording("xl", rec, "xl_list")
+    assert xl.list_domains() == {
+        "probe1": {"domid": 1, "type": "pvh", "memory": 128 * MiB, "vcpus": 1, "state": "crashed"}
+    }
+    assert run_all.calls == [xl.XL_LIST_LONG, xl.XL_LIST]
