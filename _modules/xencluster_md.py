@@ -320,6 +320,11 @@ def _md_path(kname):
     return f"/dev/{kname}"
 
 
+def _status_of(md):
+    """Status of the one array ``md`` (any path naming it, e.g. ``/dev/md/web1``)."""
+    return status(md)[_md_path(_kernel_name(md))]
+
+
 def status(md=None):
     """
     Status of every md array on this host, or of ``md`` only.
@@ -422,7 +427,7 @@ def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=
         raise SaltInvocationError(f"bitmap must be one of {', '.join(_BITMAPS)}: {bitmap!r}")
 
     if _kernel_name(md) in parse_mdstat(_read_mdstat()):
-        st = status(md)[_md_path(_kernel_name(md))]
+        st = _status_of(md)
         mine = [_find_leg(st, leg) for leg in legs]
         if st["level"] == "raid1" and st["raid_devices"] == 2 and all(mine):
             return {"changed": False, "status": st}
@@ -449,7 +454,7 @@ def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=
     # ("You haven't given enough devices"); legs are validated /dev/ paths.
     argv += legs
     _run(argv)
-    return {"changed": True, "status": status(md)[_md_path(_kernel_name(md))]}
+    return {"changed": True, "status": _status_of(md)}
 
 
 def _manage(md, op, leg):
@@ -471,7 +476,7 @@ def fail_leg(md, leg):
         salt web1 xencluster_md.fail_leg /dev/md0 /dev/xvdc
     """
     _manage(md, "--fail", leg)
-    return status(md)[_md_path(_kernel_name(md))]
+    return _status_of(md)
 
 
 def remove_leg(md, leg):
@@ -488,7 +493,7 @@ def remove_leg(md, leg):
         salt web1 xencluster_md.remove_leg /dev/md0 /dev/xvdc
     """
     _manage(md, "--remove", leg)
-    return status(md)[_md_path(_kernel_name(md))]
+    return _status_of(md)
 
 
 def re_add(md, leg, allow_full_resync=False):
@@ -511,8 +516,7 @@ def re_add(md, leg, allow_full_resync=False):
     """
     _check_md(md)
     _check_leg(leg)
-    key = _md_path(_kernel_name(md))
-    before = status(md)[key]
+    before = _status_of(md)
     current = _find_leg(before, leg)
     if current is not None and current["state"] in ("active", "rebuilding"):
         return {"changed": False, "method": None, "status": before}
@@ -530,7 +534,7 @@ def re_add(md, leg, allow_full_resync=False):
         log.warning("re-add of %s to %s refused (%s); adding it with a full resync", leg, md, stderr)
         _manage(md, "--add", leg)
         method = "add"
-    return {"changed": True, "method": method, "status": status(md)[key]}
+    return {"changed": True, "method": method, "status": _status_of(md)}
 
 
 def _write(path, value):
