@@ -65,6 +65,13 @@ _PORTAL_RE = re.compile(r"(?P<ip>[0-9.]{7,15}|\[[0-9A-Fa-f:.]{2,45}\])(?::(?P<po
 _CHAP_USER_RE = re.compile(r"[A-Za-z0-9._:@-]{1,255}")
 _CHAP_SECRET_RE = re.compile(r"[A-Za-z0-9!#%+,./:=@^_~-]{12,255}")
 _CHAP_KEYS = ("userid", "password", "mutual_userid", "mutual_password")
+# A backstore's T10 unit serial (LIO wwn/vpd_unit_serial, VPD page 0x80; rtslib's
+# "wwn"). LIO takes any text shorter than 254 bytes, but also uses it in file
+# names (pr/aptpl_<serial>) and the initiator's udev in device links, so only:
+# a leg id <guest>.<disk>.<node> (see xencluster_disk), or a plain name.
+_LEG_PART = r"[a-z0-9][a-z0-9-]{0,30}"
+_SERIAL_LEG_RE = re.compile(rf"{_LEG_PART}\.{_LEG_PART}\.{_LEG_PART}")
+_SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def __virtual__():
@@ -138,6 +145,19 @@ def _check_portal(portal):
     return ip, port
 
 
+def _check_serial(serial):
+    if serial is None:
+        return None
+    if not isinstance(serial, str) or not (
+        _SERIAL_LEG_RE.fullmatch(serial) or _SERIAL_RE.fullmatch(serial)
+    ):
+        raise SaltInvocationError(
+            f"invalid unit serial: {serial!r} (a leg id <guest>.<disk>.<node>, "
+            "or 1 to 64 of [A-Za-z0-9._-] starting with a letter or digit)"
+        )
+    return serial
+
+
 def _check_list(values, check, what):
     if isinstance(values, str):
         values = [values]
@@ -190,12 +210,12 @@ def _check_chap(chap):
     return out
 
 
-def export_args(name, device, target_iqn, initiators, portals, lun=None, chap=None):
+def export_args(name, device, target_iqn, initiators, portals, lun=None, chap=None, serial=None):
     """
     Validate and normalise the arguments of ``export`` without touching LIO.
 
     Returns ``{"name", "device", "target", "initiators" (list), "portals"
-    (list of "ip:port"), "lun", "chap" (bool)}`` or raises
+    (list of "ip:port"), "lun", "chap" (bool), "serial"}`` or raises
     ``SaltInvocationError``.
 
     CLI Example:
@@ -204,7 +224,7 @@ def export_args(name, device, target_iqn, initiators, portals, lun=None, chap=No
 
         salt node1 xencluster_lio.export_args xcl-web1-disk0-a /dev/xcvg/web1-disk0-a iqn.2025-01.lab.xen:node1 '["iqn.2025-01.lab.xen:node2"]' '["192.168.100.1"]'
     """
-    spec = _spec(name, device, target_iqn, initiators, portals, lun, chap)
+    spec = _spec(name, device, target_iqn, initiators, portals, lun, chap, serial)
     return {
         "name": spec["name"],
         "device": spec["device"],
@@ -213,10 +233,11 @@ def export_args(name, device, target_iqn, initiators, portals, lun=None, chap=No
         "portals": [f"{ip}:{port}" for ip, port in spec["portals"]],
         "lun": spec["lun"],
         "chap": spec["chap"] is not None,
+        "serial": spec["serial"],
     }
 
 
-def _spec(name, device, target_iqn, initiators, portals, lun, chap):
+def _spec(name, device, target_iqn, initiators, portals, lun, chap, serial=None):
     return {
         "name": _check_name(name),
         "device": _check_device(device),
@@ -225,6 +246,7 @@ def _spec(name, device, target_iqn, initiators, portals, lun, chap):
         "portals": _check_list(portals, _check_portal, "portals"),
         "lun": _check_lun(lun),
         "chap": _check_chap(chap),
+        "serial": _check_serial(serial),
     }
 
 
@@ -348,8 +370,24 @@ def _plan_export(dump, spec):
     for other, info in current["backstores"].items():
         if other != name and info["dev"] == device:
             raise CommandExecutionError(f"{device} is already exported as backstore block/{other}")
+    serial = spec.get("serial")
+    if so is not None and serial is not None and so["wwn"] != serial:
+        # LIO refuses to change the serial of a backstore with a LUN, and the
+        # initiators identify the disk by it: never recreate it behind their back.
+        raise CommandExecutionError(
+            f"backstore block/{name} already exists with unit serial {so['wwn']!r}, not {serial!r}; "
+            "changing it would change the disk's identity under its initiators: "
+            "unexport it (with nothing using the disk) and export it again"
+        )
+    for other, info in current["backstores"].items():
+        if serial is not None and other != name and info["wwn"] == serial:
+            # Two LUNs with one serial: the initiators' stable path would be ambiguous.
+            raise CommandExecutionError(f"unit serial {serial!r} is already used by backstore block/{other}")
     if so is None:
-        actions.append({"op": "create_backstore", "name": name, "device": device})
+        action = {"op": "create_backstore", "name": name, "device": device}
+        if serial is not None:
+            action["serial"] = serial
+        actions.append(action)
 
     if target not in current["targets"]:
         actions.append({"op": "create_target", "target": target})
@@ -414,7 +452,8 @@ def _describe(action):
     """One line for a planned action; never contains a secret."""
     op, t = action["op"], action.get("target")
     return {
-        "create_backstore": lambda: f"backstore block/{action['name']} created on {action['device']}",
+        "create_backstore": lambda: f"backstore block/{action['name']} created on {action['device']}"
+        + (f" with unit serial {action['serial']}" if action.get("serial") else ""),
         "create_target": lambda: f"target {t} created",
         "create_tpg": lambda: f"tpg {action['tag']} of {t} created",
         "create_lun": lambda: f"LUN {action['lun']} of {t} created for block/{action['name']}",
@@ -462,7 +501,10 @@ def _apply(actions, spec):
         op = action["op"]
         try:
             if op == "create_backstore":
-                r.BlockStorageObject(action["name"], dev=action["device"])
+                # The serial is set at creation, before any LUN exists (LIO
+                # refuses to change it once the backstore is exported).
+                extra = {"wwn": action["serial"]} if action.get("serial") else {}
+                r.BlockStorageObject(action["name"], dev=action["device"], **extra)
             elif op == "create_target":
                 r.Target(r.FabricModule("iscsi"), action["target"], mode="create")
             elif op == "create_tpg":
@@ -527,7 +569,7 @@ def exports():
     return parse_dump(_dump())
 
 
-def export(name, device, target_iqn, initiators, portals, lun=None, chap=None, test=False):
+def export(name, device, target_iqn, initiators, portals, lun=None, chap=None, test=False, serial=None):
     """
     Export block device ``device`` as backstore ``name`` on target ``target_iqn``; idempotent.
 
@@ -544,8 +586,20 @@ def export(name, device, target_iqn, initiators, portals, lun=None, chap=None, t
     even when their ACL exists); CHAP is per target, so exports sharing a
     target must agree on it.
 
+    ``serial`` (optional) is the backstore's T10 unit serial (VPD page 0x80,
+    rtslib's ``wwn``), set when the backstore is created; without it rtslib
+    makes up a UUID. Give a guest disk leg its leg id (see
+    ``xencluster_disk.leg_id``): the initiators' udev then links the LUN as
+    ``/dev/xencluster/<leg id>``. An existing backstore with another serial
+    is refused, never recreated (that would change the disk under a running
+    guest). LIO derives the LUN's NAA identifier (VPD page 0x83, udev's
+    ``ID_WWN``, ``/dev/disk/by-id/wwn-*``) from the hex digits of the serial
+    only, so two leg ids can share one: nothing may identify these LUNs by
+    it (no multipathd on them).
+
     Returns ``{"changed", "changes" (one line per change), "target",
-    "backstore", "lun"}``; a second identical call returns ``changed: False``.
+    "backstore", "lun"}``, plus ``"serial"`` when ``serial`` is given; a
+    second identical call returns ``changed: False``.
     ``test=True`` only reports what would change. Does not save: call
     ``save`` to keep the configuration across reboots.
 
@@ -554,20 +608,24 @@ def export(name, device, target_iqn, initiators, portals, lun=None, chap=None, t
     .. code-block:: bash
 
         salt node1 xencluster_lio.export xcl-web1-disk0-a /dev/xcvg/web1-disk0-a iqn.2025-01.lab.xen:node1 '["iqn.2025-01.lab.xen:node2"]' '["192.168.100.1"]'
+        salt node1 xencluster_lio.export xcl-web1.disk0.node1 /dev/xcvg/web1.disk0.node1 iqn.2025-01.lab.xen:node1 '["iqn.2025-01.lab.xen:node2"]' '["192.168.100.1"]' serial=web1.disk0.node1
     """
-    spec = _spec(name, device, target_iqn, initiators, portals, lun, chap)
+    spec = _spec(name, device, target_iqn, initiators, portals, lun, chap, serial)
     actions, index = _plan_export(_dump(), spec)
     if actions and not test:
         if any(a["op"] == "create_backstore" for a in actions) and not os.path.exists(device):
             raise CommandExecutionError(f"device {device} does not exist")
         _apply(actions, spec)
-    return {
+    ret = {
         "changed": bool(actions),
         "changes": [_describe(a) for a in actions],
         "target": spec["target"],
         "backstore": spec["name"],
         "lun": index,
     }
+    if spec["serial"] is not None:
+        ret["serial"] = spec["serial"]
+    return ret
 
 
 def _plan_unexport(dump, name, target):

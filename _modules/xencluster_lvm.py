@@ -1,16 +1,19 @@
 """
-LVM on xencluster dom0s: reports in JSON with exact byte sizes, create and grow LVs.
+LVM on xencluster dom0s: reports in JSON with exact byte sizes; create, grow and
+remove LVs, classic snapshots and LV tags.
 
 Every guest disk leg is an LV; this module reads the whole LVM state of a host
 with one ``pvs``, one ``vgs`` and one ``lvs`` call, and creates or grows LVs.
 It never shrinks an LV unless told twice (``allow_shrink`` and
-``fs_already_shrunk``).
+``fs_already_shrunk``), and never removes an LV that is open, exported over
+LIO or the origin of snapshots unless told ``force=True``.
 
 Named ``xencluster_lvm`` so it never shadows Salt's own ``lvm`` module.
 """
 
 import json
 import logging
+import os
 import re
 
 import salt.utils.path
@@ -35,6 +38,10 @@ _SIZE_RE = re.compile(r"([0-9]{1,20})([kKmMgGtTpPeE](?:iB)?)?")
 _POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
 _SECTOR = 512
 _MAX_STRIPES = 128
+# LVM allows tags of [A-Za-z0-9_+.-/=!:&#], up to 1024 characters; we allow less.
+_TAG_RE = re.compile(r"[A-Za-z0-9_+.=:][A-Za-z0-9_+.=:-]{0,127}")
+# data_percent: "%.2f" (libdm's dm_report_field_percent), "" when LVM has no value.
+_PERCENT_RE = re.compile(r"([0-9]{1,3})(?:[.,]([0-9]{1,2}))?")
 
 _REPORT = ["--reportformat", "json", "--units", "b", "--nosuffix"]
 PVS_FIELDS = (
@@ -47,7 +54,9 @@ VGS_FIELDS = (
 )
 LVS_FIELDS = (
     "vg_name,lv_name,lv_uuid,lv_attr,lv_size,lv_path,vg_extent_size,"
-    "seg_count,seg_start,seg_size,segtype,stripes,stripe_size,devices"
+    "seg_count,seg_start,seg_size,segtype,stripes,stripe_size,devices,"
+    # Appended (older recordings lack them; the parser treats them as optional):
+    "origin,data_percent,lv_tags,lv_device_open,lv_active"
 )
 PVS_ARGV = ["pvs", *_REPORT, "-o", PVS_FIELDS]
 VGS_ARGV = ["vgs", *_REPORT, "-o", VGS_FIELDS]
@@ -111,6 +120,31 @@ def _check_stripes(stripes, stripe_size):
     if stripe_size < 4096 or stripe_size & (stripe_size - 1):
         raise SaltInvocationError("stripe_size must be a power of two of at least 4k")
     return stripes, stripe_size
+
+
+def _check_tags(tags, what="tags"):
+    """None, one tag or a list of tags -> a list without duplicates, every tag checked."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        tags = [tags]
+    if not isinstance(tags, (list, tuple)):
+        raise SaltInvocationError(f"{what} must be a list of tags: {tags!r}")
+    out = []
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
+            raise SaltInvocationError(
+                f"invalid LV tag in {what}: {tag!r} (1 to 128 of [A-Za-z0-9_+.=:-], not starting with '-')"
+            )
+        if tag not in out:
+            out.append(tag)
+    return out
+
+
+def _check_force(force):
+    if not isinstance(force, bool):
+        raise SaltInvocationError(f"force must be True or False: {force!r}")
+    return force
 
 
 def parse_size(size):
@@ -204,14 +238,62 @@ def _parse_vgs(stdout):
     return {r["vg_name"]: r for r in _parse_report(stdout, "vg")}
 
 
+def _flag(value, word):
+    """An LVM binary field printed without ``--binary``.
+
+    LVM prints ``word`` (e.g. "open") for yes, "" for no and "unknown" when it
+    cannot tell (activation disabled, no device-mapper info); with
+    ``--binary`` it would print 1, 0 and -1. A field missing from the report
+    (a recording made with an older field list) is None, like "unknown", and
+    so is any other value (logged): one odd field must not break the report.
+    """
+    if value is None or value in ("unknown", "-1"):
+        return None
+    if value in ("", "0"):
+        return False
+    if value in (word, "1") or (isinstance(value, str) and value.startswith(f"{word} ")):
+        return True  # "active exclusively" and the like count as active
+    log.debug("unexpected LVM value %r for the %r flag: taken as unknown", value, word)
+    return None
+
+
+def _percent(value):
+    """``data_percent`` ("12.34", "" when none, missing in older recordings) -> float or None."""
+    if value is None or value == "":
+        return None
+    m = _PERCENT_RE.fullmatch(value) if isinstance(value, str) else None
+    if not m:
+        raise CommandExecutionError(f"unexpected LVM percentage: {value!r}")
+    return float(f"{m.group(1)}.{m.group(2) or '0'}")
+
+
+def _tag_list(value):
+    """``lv_tags``: "a,b" (LVM's default list separator; ',' is not a tag character) -> list."""
+    if value is None:
+        return []
+    if isinstance(value, list):  # a JSON array, should a newer LVM print one
+        return [t for t in value if t]
+    return [t for t in value.split(",") if t]
+
+
 def _parse_lvs(stdout):
-    """{"vg/lv": lv} from segment-level ``lvs`` JSON; one row per segment is folded into ``segments``."""
+    """{"vg/lv": lv} from segment-level ``lvs`` JSON; one row per segment is folded into ``segments``.
+
+    Fields added to ``LVS_FIELDS`` after the first recordings (origin,
+    data_percent, lv_tags, lv_device_open, lv_active) are optional: without
+    them ``origin`` and ``snapshot_usage`` are None, ``tags`` is [] and
+    ``open``/``active`` are None (unknown).
+    """
     lvs = {}
     for r in _parse_report(stdout, "lv"):
         key = f"{r['vg_name']}/{r['lv_name']}"
-        lv = lvs.setdefault(
-            key,
-            {
+        if key not in lvs:
+            origin = r.get("origin") or None
+            active = _flag(r.get("lv_active"), "active")
+            is_open = _flag(r.get("lv_device_open"), "open")
+            if is_open is None and active is False:
+                is_open = False  # LVM prints "unknown" for an inactive LV: no device, so not open
+            lvs[key] = {
                 "vg": r["vg_name"],
                 "name": r["lv_name"],
                 "uuid": r["lv_uuid"],
@@ -220,9 +302,14 @@ def _parse_lvs(stdout):
                 "path": r["lv_path"],
                 "extent_size": r["vg_extent_size"],
                 "seg_count": r["seg_count"],
+                "origin": origin,
+                "snapshot_usage": _percent(r.get("data_percent")) if origin else None,
+                "tags": _tag_list(r.get("lv_tags")),
+                "open": is_open,
+                "active": active,
                 "segments": [],
-            },
-        )
+            }
+        lv = lvs[key]
         lv["segments"].append(
             {
                 "start": r["seg_start"],
@@ -255,7 +342,16 @@ def report():
 
     Sizes are exact integers in bytes. Returns
     ``{"pvs": {pv_name: {...}}, "vgs": {vg_name: {...}}, "lvs": {"vg/lv": {...}}}``;
-    each LV carries its ``segments`` (type, stripes, stripe_size, devices).
+    each LV carries its ``segments`` (type, stripes, stripe_size, devices) and:
+
+    * ``origin``: for a snapshot, the name of the LV it snapshots; else None
+    * ``snapshot_usage``: for an active snapshot, how full it is in percent
+      (a float; 100.0 means LVM has invalidated it); else None
+    * ``tags``: the LV's tags (list)
+    * ``open``, ``active``: True/False, or None when LVM cannot tell
+      (activation disabled). An inactive LV is never open.
+
+    Every snapshot of the host is in this one report: no call per LV.
 
     CLI Example:
 
@@ -278,13 +374,73 @@ def _lv(vg, name):
         raise CommandExecutionError(f"logical volume {vg}/{name} not found")
 
 
-def lv_create(vg, name, size, stripes=None, stripe_size=None, pvs=None):
+def _vg_lvs(vg):
+    """Every (visible) LV of ``vg`` from one ``lvs`` call; a missing VG is an error (LVM's stderr)."""
+    return _parse_lvs(_run([*LVS_ARGV, vg]))
+
+
+def _is_snapshot(lv):
+    """Has an origin; or, in a report without the origin field, lv_attr type 's'/'S' (merging)."""
+    return bool(lv["origin"]) or lv["attr"][:1] in ("s", "S")
+
+
+def _snapshots_of(lvs, vg, name):
+    return sorted(lv["name"] for lv in lvs.values() if lv["vg"] == vg and lv["origin"] == name)
+
+
+def _lio_exports_of(vg, name, lv):
+    """Names of the LIO block backstores whose device is this LV; None if the check was skipped.
+
+    ``xencluster_lio.exports`` is called once. A backstore's ``dev`` matches
+    when it, or its realpath, is the LV's path, ``/dev/<vg>/<lv>``,
+    ``/dev/mapper/<vg>-<lv>`` (with '-' doubled in both names) or the realpath
+    of one of those (``/dev/dm-N``).
+    """
+    if "xencluster_lio.exports" not in __salt__:
+        log.debug("xencluster_lio is not loaded: LIO export check of %s/%s skipped", vg, name)
+        return None
+    mapper = f"/dev/mapper/{vg.replace('-', '--')}-{name.replace('-', '--')}"
+    paths = {p for p in (lv.get("path"), f"/dev/{vg}/{name}", mapper) if p}
+    paths |= {os.path.realpath(p) for p in paths}
+    current = __salt__["xencluster_lio.exports"]()
+    found = []
+    for bs_name, bs in sorted((current or {}).get("backstores", {}).items()):
+        dev = bs.get("dev")
+        if dev and (dev in paths or os.path.realpath(dev) in paths):
+            found.append(bs_name)
+    return found
+
+
+def _removal_refusals(vg, name, lv, lvs):
+    """Why removing ``lv`` would hurt: [reason, ...] ([] when nothing is in the way)."""
+    reasons = []
+    if lv["open"]:
+        reasons.append("it is open (lv_device_open: a guest, md, LIO or a mount holds it)")
+    try:
+        exported = _lio_exports_of(vg, name, lv)
+    except CommandExecutionError as exc:
+        reasons.append(f"its LIO exports could not be checked: {exc}")
+    else:
+        if exported:
+            names = ", ".join(f"block/{b}" for b in exported)
+            reasons.append(f"it is exported over LIO as {names} (xencluster_lio.unexport first)")
+    snapshots = _snapshots_of(lvs, vg, name)
+    if snapshots:
+        reasons.append(f"it has snapshots that lvremove would remove with it: {', '.join(snapshots)}")
+    elif lv["attr"][:1] in ("o", "O"):
+        reasons.append("it is the origin of snapshots (lv_attr), which lvremove would remove with it")
+    return reasons
+
+
+def lv_create(vg, name, size, stripes=None, stripe_size=None, pvs=None, tags=None):
     """
     Create logical volume ``name`` in ``vg``; returns the new LV as ``report`` shows it.
 
     ``size`` is exact bytes or a binary unit (``10G``); LVM rounds it up to
     whole extents (and whole stripes). ``stripes``/``stripe_size`` make a
     striped LV; ``pvs`` restricts allocation to those physical volumes.
+    ``tags`` is a list of LV tags (1 to 128 of ``[A-Za-z0-9_+.=:-]``, not
+    starting with ``-``), each given to lvcreate as ``--addtag``.
 
     CLI Example:
 
@@ -292,13 +448,17 @@ def lv_create(vg, name, size, stripes=None, stripe_size=None, pvs=None):
 
         salt node1 xencluster_lvm.lv_create vg0 web1-disk0-a 10G
         salt node1 xencluster_lvm.lv_create vg0 db1-disk0-a 20G stripes=2 stripe_size=64k
+        salt node1 xencluster_lvm.lv_create vg0 web1-disk0-a 10G tags='["xc-guest=web1", "xc-leg=a"]'
     """
     a = lv_args(vg, name, size, stripes, stripe_size, pvs)
+    tags = _check_tags(tags)
     argv = ["lvcreate", "--yes", "--name", a["name"], "--size", _lvm_size_arg(a["size"])]
     if a["stripes"]:
         argv += ["--stripes", str(a["stripes"])]
     if a["stripe_size"]:
         argv += ["--stripesize", f"{a['stripe_size']}b"]
+    for tag in tags:
+        argv += ["--addtag", tag]
     argv += ["--", a["vg"], *a["pvs"]]
     _run(argv)
     return _lv(a["vg"], a["name"])
@@ -339,3 +499,203 @@ def lv_extend(vg, name, size, pvs=None, allow_shrink=False, fs_already_shrunk=Fa
         argv = ["lvreduce", "--yes", "--size", _lvm_size_arg(size), "--", f"{vg}/{name}"]
     _run(argv)
     return {"old_size": current["size"], "new_size": _lv(vg, name)["size"]}
+
+
+def lv_remove(vg, name, force=False):
+    """
+    Remove logical volume ``vg/name``; idempotent.
+
+    Refuses (``CommandExecutionError`` naming every reason) when the LV
+
+    * is open (``lv_device_open``: used by a guest, md, LIO, a mount ...),
+    * is exported over LIO: a block backstore of ``xencluster_lio.exports``
+      points at it (by path, ``/dev/mapper`` name or ``/dev/dm-N``); when the
+      ``xencluster_lio`` module is not loaded this check is skipped (logged
+      at debug level),
+    * is the origin of snapshots (``lvremove`` would remove them with it),
+
+    unless ``force=True``, which logs a WARNING with the reasons and goes on.
+    ``force`` only lifts these xencluster checks: the command is always
+    ``lvremove --yes -- vg/lv`` (``--yes`` answers LVM's prompts; ``-f`` is
+    never passed), so LVM's own refusal to remove an LV that is in use still
+    applies, and removing an origin with ``force`` removes its snapshots.
+
+    Returns ``{"removed": True, "lv": "vg/name", "snapshots_removed": [...],
+    "forced": [reasons overridden]}``, or ``{"removed": False, "reason":
+    "absent"}`` when the VG has no such LV. A missing VG is an error.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.lv_remove vg0 web1-disk0-a
+        salt node1 xencluster_lvm.lv_remove vg0 web1-disk0-a force=True
+    """
+    vg, name, force = _check_vg(vg), _check_lv(name), _check_force(force)
+    lvs = _vg_lvs(vg)
+    lv = lvs.get(f"{vg}/{name}")
+    if lv is None:
+        return {"removed": False, "reason": "absent"}
+    reasons = _removal_refusals(vg, name, lv, lvs)
+    if reasons and not force:
+        raise CommandExecutionError(
+            f"refusing to remove {vg}/{name}: {'; '.join(reasons)}. Pass force=True to override."
+        )
+    if reasons:
+        log.warning("removing %s/%s with force although %s", vg, name, "; ".join(reasons))
+    snapshots = _snapshots_of(lvs, vg, name)
+    _run(["lvremove", "--yes", "--", f"{vg}/{name}"])
+    return {"removed": True, "lv": f"{vg}/{name}", "snapshots_removed": snapshots, "forced": reasons}
+
+
+def snapshot_create(vg, origin, name, size, tags=None):
+    """
+    Create a classic (thick, copy-on-write) snapshot ``name`` of ``vg/origin``.
+
+    ``size`` (bytes or a binary unit, e.g. ``1G``) is the room for changed
+    blocks: a snapshot whose usage reaches 100% is invalidated by LVM (watch
+    ``snapshot_usage``). ``tags`` as for ``lv_create``. Refuses an origin that
+    is missing or is itself a snapshot, and a ``name`` already in use. Runs
+    ``lvcreate --snapshot --name N --size S [--addtag T ...] -- vg/origin``
+    and returns the new LV as ``report`` shows it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.snapshot_create vg0 web1-disk0-a web1-disk0-a-snap 2G
+        salt node1 xencluster_lvm.snapshot_create vg0 web1-disk0-a web1-disk0-a-snap 2G tags='["xc-backup"]'
+    """
+    vg, origin, name = _check_vg(vg), _check_lv(origin), _check_lv(name)
+    size, tags = parse_size(size), _check_tags(tags)
+    if origin == name:
+        raise SaltInvocationError(f"a snapshot cannot have the name of its origin: {name!r}")
+    lvs = _vg_lvs(vg)
+    source = lvs.get(f"{vg}/{origin}")
+    if source is None:
+        raise CommandExecutionError(f"cannot snapshot {vg}/{origin}: no such logical volume")
+    if _is_snapshot(source):
+        raise CommandExecutionError(
+            f"cannot snapshot {vg}/{origin}: it is itself a snapshot"
+            + (f" of {source['origin']}" if source["origin"] else "")
+        )
+    if f"{vg}/{name}" in lvs:
+        raise CommandExecutionError(f"cannot create snapshot {vg}/{name}: that LV already exists")
+    argv = ["lvcreate", "--snapshot", "--name", name, "--size", _lvm_size_arg(size)]
+    for tag in tags:
+        argv += ["--addtag", tag]
+    _run([*argv, "--", f"{vg}/{origin}"])
+    return _lv(vg, name)
+
+
+def snapshot_remove(vg, name):
+    """
+    Remove snapshot ``vg/name``; only ever a snapshot, never an origin or leg.
+
+    Refuses an LV that is not a snapshot (no origin: use ``lv_remove``), and a
+    snapshot that is open or exported over LIO (``lv_remove ... force=True``
+    overrides that). Returns ``{"removed": True, "lv": "vg/name", "origin":
+    origin}``, or ``{"removed": False, "reason": "absent"}`` when the VG has
+    no such LV (idempotent).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.snapshot_remove vg0 web1-disk0-a-snap
+    """
+    vg, name = _check_vg(vg), _check_lv(name)
+    lvs = _vg_lvs(vg)
+    lv = lvs.get(f"{vg}/{name}")
+    if lv is None:
+        return {"removed": False, "reason": "absent"}
+    if not _is_snapshot(lv):
+        raise CommandExecutionError(
+            f"refusing to remove {vg}/{name}: it is not a snapshot (it has no origin); "
+            "snapshot_remove never removes an origin or a leg, use lv_remove"
+        )
+    reasons = _removal_refusals(vg, name, lv, lvs)
+    if reasons:
+        raise CommandExecutionError(
+            f"refusing to remove snapshot {vg}/{name}: {'; '.join(reasons)}. "
+            "lv_remove with force=True overrides this."
+        )
+    _run(["lvremove", "--yes", "--", f"{vg}/{name}"])
+    return {"removed": True, "lv": f"{vg}/{name}", "origin": lv["origin"]}
+
+
+def snapshot_usage(vg, name):
+    """
+    How full snapshot ``vg/name`` is, from one ``lvs`` call for that LV.
+
+    Returns ``{"origin", "size" (bytes), "usage_percent" (float, None when
+    the snapshot is inactive: LVM reports usage only for active snapshots),
+    "full" (bool), "comment"}``. A snapshot that reached 100% has been
+    invalidated by LVM: its contents are lost, and ``comment`` says so.
+    Refuses an LV that is not a snapshot. ``report`` gives the usage of every
+    snapshot in one call.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.snapshot_usage vg0 web1-disk0-a-snap
+    """
+    vg, name = _check_vg(vg), _check_lv(name)
+    lv = _lv(vg, name)
+    if not _is_snapshot(lv):
+        raise CommandExecutionError(f"{vg}/{name} is not a snapshot (it has no origin)")
+    usage = lv["snapshot_usage"]
+    full = (usage is not None and usage >= 100.0) or lv["attr"][4:5] == "I"
+    if full:
+        comment = (
+            f"snapshot {vg}/{name} is full: LVM has invalidated it and its contents are lost; "
+            "remove it (snapshot_remove) and create a larger one"
+        )
+    elif usage is None:
+        comment = f"snapshot {vg}/{name} is not active: LVM reports no usage"
+    else:
+        comment = None
+    return {
+        "origin": lv["origin"],
+        "size": lv["size"],
+        "usage_percent": usage,
+        "full": full,
+        "comment": comment,
+    }
+
+
+def lv_tags(vg, name, add=None, remove=None):
+    """
+    Add and remove tags of logical volume ``vg/name``; idempotent.
+
+    ``add`` and ``remove`` are lists of tags (1 to 128 of
+    ``[A-Za-z0-9_+.=:-]``, not starting with ``-``; stricter than LVM). The
+    plan is computed from the LV's current tags: only tags missing are added
+    and only tags present are removed, in at most one ``lvchange``; nothing
+    runs when nothing has to change. A tag in both lists is refused. Returns
+    ``{"old": [...], "new": [...]}`` as LVM reports them.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.lv_tags vg0 web1-disk0-a add='["xc-guest=web1"]' remove='["xc-spare"]'
+    """
+    vg, name = _check_vg(vg), _check_lv(name)
+    add, remove = _check_tags(add, "add"), _check_tags(remove, "remove")
+    both = [t for t in add if t in remove]
+    if both:
+        raise SaltInvocationError(f"tags both to add and to remove: {both}")
+    old = _lv(vg, name)["tags"]
+    to_add = [t for t in add if t not in old]
+    to_remove = [t for t in remove if t in old]
+    if not to_add and not to_remove:
+        return {"old": list(old), "new": list(old)}
+    argv = ["lvchange"]
+    for tag in to_add:
+        argv += ["--addtag", tag]
+    for tag in to_remove:
+        argv += ["--deltag", tag]
+    _run([*argv, "--", f"{vg}/{name}"])
+    return {"old": list(old), "new": _lv(vg, name)["tags"]}

@@ -47,6 +47,8 @@ _LEG_RE = re.compile(
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _METADATA = ("1.0", "1.1", "1.2")
 _BITMAPS = ("internal", "none")
+_CHUNK_RE = re.compile(r"([1-9][0-9]{0,6})([KkMmGg])")
+_CHUNK_SHIFT = {"K": 0, "M": 10, "G": 20}  # to KiB
 _MAX_SPEED_KBS = 10**9
 
 DETAIL_EXPORT = [MDADM, "--detail", "--export"]
@@ -398,7 +400,22 @@ def _find_leg(st, leg):
     return None
 
 
-def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=False):
+def _check_bitmap_chunk(chunk, bitmap):
+    """A power-of-two chunk of 4K..1G (``64K``, ``1M``) -> KiB; None keeps mdadm's default."""
+    if chunk is None:
+        return None
+    match = _CHUNK_RE.fullmatch(chunk) if isinstance(chunk, str) else None
+    if not match:
+        raise SaltInvocationError(f"bitmap_chunk must look like 64K, 1M or 1G: {chunk!r}")
+    kib = int(match.group(1)) << _CHUNK_SHIFT[match.group(2).upper()]
+    if kib < 4 or kib > 1 << 20 or kib & (kib - 1):
+        raise SaltInvocationError(f"bitmap_chunk must be a power of two from 4K to 1G: {chunk!r}")
+    if bitmap != "internal":
+        raise SaltInvocationError("bitmap_chunk needs bitmap=internal")
+    return kib
+
+
+def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=False, bitmap_chunk=None):
     """
     Create RAID1 ``md`` over two ``legs`` with an internal write-intent bitmap.
 
@@ -407,16 +424,20 @@ def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=
     carries an md superblock (checked with ``mdadm --examine --export``)
     unless ``force=True``, and always refuses if ``md`` is assembled with
     other legs. ``metadata``: 1.0, 1.1 or 1.2; ``bitmap``: internal or none
-    (without a bitmap a returning leg needs a full resync). Returns
-    ``{"changed": bool, "status": <status of md>}``.
+    (without a bitmap a returning leg needs a full resync). ``bitmap_chunk``
+    (``64K``..``1G``) is how much one bitmap bit covers: smaller chunks resync
+    less after a short absence; mdadm's default for internal bitmaps is 64M.
+    Returns ``{"changed": bool, "status": <status of md>}``.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt web1 xencluster_md.create_mirror /dev/md0 /dev/xvdb,/dev/xvdc name=disk0
+        salt web1 xencluster_md.create_mirror /dev/md0 /dev/xvdb,/dev/xvdc bitmap_chunk=1M
     """
     md = _check_md(md)
+    chunk_kib = _check_bitmap_chunk(bitmap_chunk, bitmap)
     legs = _check_legs(legs)
     if name is not None and (not isinstance(name, str) or not _NAME_RE.fullmatch(name)):
         raise SaltInvocationError(f"invalid array name: {name!r}")
@@ -448,6 +469,8 @@ def create_mirror(md, legs, name=None, metadata="1.2", bitmap="internal", force=
         MDADM, "--create", md, "--run", "--level=1", "--raid-devices=2",
         f"--metadata={metadata}", f"--bitmap={bitmap}",
     ]  # fmt: skip
+    if chunk_kib is not None:
+        argv.append(f"--bitmap-chunk={chunk_kib}K")
     if name is not None:
         argv.append(f"--name={name}")
     # No "--" before the legs: mdadm 4.2 --create then counts too few devices

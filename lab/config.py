@@ -92,6 +92,11 @@ class Node:
     def overlay(self) -> Path:
         return RUN_DIR / f"{self.name}.qcow2"
 
+    @property
+    def guest_root(self) -> Path:
+        """Root disk of the lab's guest minion on this node (an overlay of the image)."""
+        return RUN_DIR / f"{self.name}-groot.qcow2"
+
     def data_disk(self, k: int) -> Path:
         return RUN_DIR / f"{self.name}-data{k}.raw"
 

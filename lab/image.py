@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lab import config, preflight
+from lab import config, domu, preflight
 from lab.errors import LabError, PreflightError
 
 Log = Callable[[str], None]
@@ -65,7 +65,8 @@ TRIMMED_UNITS = (
     "mdcheck_start.timer", "mdcheck_continue.timer", "lvm2-monitor.service",
     "systemd-timesyncd.service",
 )
-INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic")
+# xen_blkfront: guests boot this same rootfs (root on xvda) with this initramfs.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic", "xen_blkfront")
 
 # Host tool -> Debian package that ships it.
 HOST_TOOLS = {
@@ -81,6 +82,9 @@ KEY_LENGTH = 16
 SOURCE_FILE = Path(__file__).resolve()
 FILES_DIR = SOURCE_FILE.parent / "files"
 OVERLAY_DIR = FILES_DIR / "rootfs"
+DOMU_SOURCE = Path(domu.__file__).resolve()
+# Lab guest minions reach the host master through these relays (lab-master-relay@.service).
+MASTER_RELAYS = ("lab-master-relay@4505.service", "lab-master-relay@4506.service")
 DEBS_DIR = config.CACHE_DIR / "debs"
 LOGS_DIR = config.LAB_DIR / "logs"
 APT_LISTS_DIR = Path("/var/lib/apt/lists")
@@ -342,7 +346,7 @@ def pinned_salt_version(constraints_text: str) -> str:
 
 def _file_digests() -> dict[str, str]:
     """This builder and its assets; the exec bit matters for files copied into the image."""
-    files = [SOURCE_FILE] + sorted(p for p in FILES_DIR.rglob("*") if p.is_file())
+    files = [SOURCE_FILE, DOMU_SOURCE] + sorted(p for p in FILES_DIR.rglob("*") if p.is_file())
     digests = {}
     for path in files:
         mode = "+x" if os.access(path, os.X_OK) else ""
@@ -582,6 +586,8 @@ class Builder:
                     self.install_salt()
                 with self.step("initramfs"):
                     self.make_initramfs()
+                with self.step("probe guest initramfs"):
+                    self.make_probe_initramfs()
                 with self.step("verify"):
                     self.verify_rootfs()
         finally:
@@ -777,7 +783,7 @@ class Builder:
 
     def configure_units(self) -> None:
         self.chroot("systemctl", "enable", "systemd-networkd.service", "lab-identity.service",
-                    "salt-minion.service")
+                    "salt-minion.service", *MASTER_RELAYS)
         # xendomains: nothing may start guests automatically (pitfall 12).
         present = [u for u in ("xendomains.service", *TRIMMED_UNITS) if self._unit_installed(u)]
         if present:
@@ -830,9 +836,30 @@ class Builder:
         mode = "-u" if self.path(f"boot/initrd.img-{abi}").exists() else "-c"
         self.chroot("update-initramfs", mode, "-k", abi)
         contents = self.chroot("lsinitramfs", f"/boot/initrd.img-{abi}", capture=True)
-        for module in ("virtio_blk", "virtio_pci", "virtio_net"):
+        for module in ("virtio_blk", "virtio_pci", "virtio_net", "xen-blkfront"):
             if f"/{module}.ko" not in contents:
                 raise BuildError(f"the initramfs lacks {module}.ko; see {self.logfile}")
+
+    def make_probe_initramfs(self) -> None:
+        """The probe guest's busybox+mdadm initramfs (lab/domu.py), from this rootfs."""
+        abi = self.inputs["apt"]["kernel_abi"]
+
+        def canonical(path: str) -> str:
+            return self.chroot("readlink", "-f", path, capture=True).strip()
+
+        def modinfo(name: str) -> tuple[str, list[str]]:
+            ko = self.chroot("modinfo", "-k", abi, "-F", "filename", name, capture=True).strip()
+            deps = self.chroot("modinfo", "-k", abi, "-F", "depends", name, capture=True).strip()
+            return canonical(ko), [d for d in deps.split(",") if d]
+
+        files = {"/bin/busybox": canonical("/bin/busybox"), "/sbin/mdadm": canonical("/sbin/mdadm")}
+        for lib in domu.parse_ldd(self.chroot("ldd", "/sbin/mdadm", capture=True)):
+            files[lib] = canonical(lib)
+        modules = domu.module_order(domu.PROBE_MODULES, modinfo)
+        entries = domu.probe_entries(self.rootfs, files, modules, domu.PROBE_INIT.read_bytes())
+        self.writable(domu.PROBE_INITRD).write_bytes(domu.compress(domu.newc_archive(entries)))
+        self.note(f"probe guest initramfs: {len(entries)} entries, modules "
+                  f"{', '.join(Path(m).name for m in modules)}")
 
     def verify_rootfs(self) -> None:
         """The image holds what the key promises, and nothing per-node."""

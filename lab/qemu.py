@@ -43,7 +43,10 @@ def xen_cmdline() -> str:
 
 def dom0_cmdline(node: Node) -> str:
     # The image takes its identity from systemd.hostname; NICs are matched on MAC.
-    return f"root=/dev/vda ro console=hvc0 systemd.hostname={node.name} net.ifnames=0 panic=-1"
+    # xclab.role=dom0: lab guests boot the same rootfs (xclab.role=guest); units and
+    # networkd files that only belong in a dom0 match on it.
+    return (f"root=/dev/vda ro console=hvc0 systemd.hostname={node.name} net.ifnames=0 panic=-1 "
+            "xclab.role=dom0")
 
 
 def mgmt_netdev(node: Node) -> str:
@@ -90,6 +93,9 @@ def node_argv(node: Node, img: Path) -> list[str]:
     argv += _disk(node.overlay, "qcow2", "root", f"n{n}root")
     for k in DATA_DISKS:
         argv += _disk(node.data_disk(k), "raw", f"data{k}", f"n{n}data{k}")
+    # After the data disks, so they stay vdb/vdc. The lab guest minion's root disk:
+    # dom0 sees it as /dev/disk/by-id/virtio-n<N>groot.
+    argv += _disk(node.guest_root, "qcow2", "groot", f"n{n}groot")
     argv += [
         "-netdev", mgmt_netdev(node),
         "-device", f"virtio-net-pci,netdev=mgmt,mac={node.mac(1)}",
@@ -197,7 +203,7 @@ def backing_intact(node: Node) -> bool:
 
 
 def disk_files(node: Node) -> list[Path]:
-    return [node.overlay, *(node.data_disk(k) for k in DATA_DISKS), node.image_stamp]
+    return [node.overlay, node.guest_root, *(node.data_disk(k) for k in DATA_DISKS), node.image_stamp]
 
 
 def remove_disks(node: Node) -> list[Path]:
@@ -218,16 +224,15 @@ def prepare_disks(node: Node, img: Path) -> list[str]:
     made = []
     if not node.overlay.exists():
         pinned = pin_image(img)
-        tmp = node.overlay.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        run_checked(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(pinned / "base.raw"), str(tmp)],
-            f"{node.name}: creating its overlay",
-        )
-        os.replace(tmp, node.overlay)
+        # The guest root shares the image: a new dom0 overlay gets a fresh one too.
+        _make_overlay(node, pinned, node.guest_root, "guest root")
+        _make_overlay(node, pinned, node.overlay, "overlay")
         # "dir" is what the node boots from (kernel, initrd) and its ssh key.
         _write_json(node.image_stamp, {**image_identity(img), "dir": str(pinned)})
         made.append("overlay")
+    elif not node.guest_root.exists():
+        _make_overlay(node, Path(read_stamp(node)["dir"]), node.guest_root, "guest root")
+        made.append("guest root")
     size = parse_size(config.DATA_DISK_SIZE)
     for k in DATA_DISKS:
         path = node.data_disk(k)
@@ -238,6 +243,16 @@ def prepare_disks(node: Node, img: Path) -> list[str]:
             os.replace(tmp, path)
             made.append(f"data{k}")
     return made
+
+
+def _make_overlay(node: Node, pinned: Path, path: Path, what: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    run_checked(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(pinned / "base.raw"), str(tmp)],
+        f"{node.name}: creating its {what}",
+    )
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -3,7 +3,7 @@
 Run it ON the host whose output you want (a lab dom0, or any machine with the
 tools), with a Python that can import salt (the project venv, or the minion's):
 
-    python tests/recordings/capture.py lvm tests/recordings/lvm/<name> [--extra=ARG ...]
+    python tests/recordings/capture.py lvm tests/recordings/lvm/<name> [--extra=ARG ...] [--select=VG[/LV] ...]
     python tests/recordings/capture.py xl  tests/recordings/xl/<name>
     python tests/recordings/capture.py lio tests/recordings/lio/<name>
     python tests/recordings/capture.py iscsi tests/recordings/iscsi/<name> [--portal=IP]
@@ -15,6 +15,13 @@ what the module runs), writes each command's stdout byte for byte to
 and every argv exactly as run. ``--extra`` arguments are inserted right after
 the command name (e.g. ``--extra=--devices=/dev/loop0`` to keep LVM away from
 the host's own disks); they are recorded in meta.json too. See README.md.
+
+``lvm`` records ``PVS_ARGV``, ``VGS_ARGV`` and ``LVS_ARGV`` of
+``xencluster_lvm`` (whatever fields it lists today), and with ``--select`` also
+``LVS_ARGV`` narrowed to one VG or one VG/LV, the way ``lv_remove``,
+``snapshot_*`` and ``lv_tags`` run it, as ``lvs.<VG>[+<LV>].out``; a
+selection that fails (a missing VG or LV) is recorded with its rc and stderr
+in meta.json, not fatal.
 
 ``lio`` records ``rtslib_fb.RTSRoot().dump()`` (the one read
 ``xencluster_lio.exports`` makes) as ``dump.json``, with every CHAP value
@@ -46,6 +53,8 @@ def _module(name):
 def _commands(tool):
     """({name: argv}, argv printing the tool version, which of its lines to keep)."""
     if tool == "lvm":
+        # The argv lists are the module's own, so a capture always records the
+        # current LVS_FIELDS (origin, data_percent, lv_tags, lv_device_open, ...).
         mod = _module("xencluster_lvm")
         commands = {"pvs": mod.PVS_ARGV, "vgs": mod.VGS_ARGV, "lvs": mod.LVS_ARGV}
         return commands, ["lvm", "version"], ("LVM version", "Library version")
@@ -68,6 +77,9 @@ def main():
     parser.add_argument("--md", action="append", default=[], help="md: an array to --detail --export")
     parser.add_argument("--leg", action="append", default=[], help="md: a device to --examine --export")
     parser.add_argument("--portal", default=None, help="iscsi: also record a discovery on this portal")
+    parser.add_argument(
+        "--select", action="append", default=[], help="lvm: also record LVS_ARGV narrowed to VG or VG/LV"
+    )
     args = parser.parse_args()
     if args.tool == "md":
         return _capture_md(args)
@@ -94,8 +106,22 @@ def main():
             sys.exit(f"{argv} failed (rc {proc.returncode}): {proc.stderr.decode(errors='replace')}")
         (args.outdir / f"{name}.out").write_bytes(proc.stdout)
         meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
+    if args.tool == "lvm":
+        _capture_lvm_selections(args, commands["lvs"], meta)
     (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"recorded {', '.join(commands)} into {args.outdir}")
+    print(f"recorded {', '.join(meta['commands'])} into {args.outdir}")
+
+
+def _capture_lvm_selections(args, lvs_argv, meta):
+    """lvs.<VG>[+<LV>].out: LVS_ARGV plus one VG or VG/LV; a failure is kept (rc, stderr), not fatal."""
+    for select in args.select:
+        if not select or select.startswith("-") or select.count("/") > 1 or "+" in select:
+            sys.exit(f"--select takes VG or VG/LV, not {select!r}")
+        name = "lvs." + select.replace("/", "+")
+        argv = [lvs_argv[0], *args.extra, *lvs_argv[1:], select]
+        proc = _run(argv)
+        (args.outdir / f"{name}.out").write_bytes(proc.stdout)
+        meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
 
 
 # --- md (xencluster_md): /proc/mdstat plus mdadm --export per array and per leg --

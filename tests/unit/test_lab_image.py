@@ -70,6 +70,8 @@ def key_env(tmp_path, monkeypatch):
     files = tmp_path / "lab" / "files"
     source.parent.mkdir(parents=True)
     source.write_text("# builder\n")
+    domu_source = tmp_path / "lab" / "domu.py"
+    domu_source.write_text("# probe guest\n")
     (files / "rootfs" / "etc").mkdir(parents=True)
     (files / "rootfs" / "etc" / "fstab").write_text("/dev/vda / ext4 rw 0 1\n")
     constraints = tmp_path / "constraints.txt"
@@ -79,6 +81,7 @@ def key_env(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CONSTRAINTS", constraints)
     monkeypatch.setattr(image, "SOURCE_FILE", source)
     monkeypatch.setattr(image, "FILES_DIR", files)
+    monkeypatch.setattr(image, "DOMU_SOURCE", domu_source)
     monkeypatch.setattr(image, "resolve_apt_versions", lambda: dict(versions))
     monkeypatch.setattr(image, "host_debian_repos", lambda: image.debian_repos(image.parse_deb822_sources(DEB822)))
     Env = namedtuple("Env", "source files constraints versions")
@@ -96,6 +99,7 @@ def test_key_is_stable_and_short_hex(key_env):
     "change",
     [
         lambda env: env.source.write_text("# builder, changed\n"),
+        lambda env: env.source.with_name("domu.py").write_text("# probe guest, changed\n"),
         lambda env: (env.files / "rootfs" / "etc" / "fstab").write_text("/dev/vdb / ext4 rw 0 1\n"),
         lambda env: (env.files / "new-unit.service").write_text("[Unit]\n"),
         lambda env: (env.files / "rootfs" / "etc" / "fstab").chmod(0o755),
@@ -106,7 +110,7 @@ def test_key_is_stable_and_short_hex(key_env):
         lambda env: env.versions.update({"xen-utils-4.17": "4.17.6-1"}),
         lambda env: env.versions.update({"xen-hypervisor-4.17-amd64": "4.17.6-1"}),
     ],
-    ids=["image.py", "files-content", "files-new", "files-mode", "constraints", "kernel-abi",
+    ids=["image.py", "domu.py", "files-content", "files-new", "files-mode", "constraints", "kernel-abi",
          "kernel-version", "xen-utils", "xen-hypervisor"],
 )
 def test_key_changes_with_every_input(key_env, change):

@@ -238,14 +238,14 @@ def test_node_argv_has_the_facts_that_work(lab_dirs):
     assert argv[argv.index("-cpu") + 1] == "qemu64,+npt"
     assert "bootscrub=0" in argv[argv.index("-append") + 1]
     assert argv[argv.index("-initrd") + 1] == (
-        "/img/abc/vmlinuz root=/dev/vda ro console=hvc0 systemd.hostname=node2 net.ifnames=0 panic=-1"
+        "/img/abc/vmlinuz root=/dev/vda ro console=hvc0 systemd.hostname=node2 net.ifnames=0 panic=-1 xclab.role=dom0"
         ",/img/abc/initrd.img"
     )
     assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined and "restrict=on" in joined
     assert f"guestfwd=tcp:10.0.2.100:4506-cmd:socat - TCP:127.0.0.1:{config.MASTER_RET_PORT}" in joined
     assert f"vde,id=san,sock={lab_dirs / 'run' / 'san.vde'}" in joined
     assert "mac=52:54:00:00:02:01" in joined and "mac=52:54:00:00:02:02" in joined
-    assert "serial=n2data1" in joined and "serial=n2root" in joined
+    assert "serial=n2data1" in joined and "serial=n2root" in joined and "serial=n2groot" in joined
     assert argv[-3:] == ["-pidfile", str(node.pidfile), "-daemonize"]
     # nothing but loopback is ever bound on the host
     assert "0.0.0.0" not in joined and "hostfwd=tcp::" not in joined
@@ -293,8 +293,8 @@ def test_overlay_of_another_image_key_is_stale(lab_dirs):
     old, new, node = _fake_image(lab_dirs, "old"), _fake_image(lab_dirs, "new"), Node(1)
     qemu.prepare_disks(node, old)
     assert "built on image old, the current image is new" in qemu.stale_disks_reason(node, new)
-    assert len(qemu.remove_disks(node)) == 4
-    assert not node.overlay.exists() and not node.data_disk(2).exists()
+    assert len(qemu.remove_disks(node)) == 5
+    assert not node.overlay.exists() and not node.guest_root.exists() and not node.data_disk(2).exists()
 
 
 @needs_qemu_img

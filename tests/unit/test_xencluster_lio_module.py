@@ -560,3 +560,95 @@ def test_virtual_without_rtslib(monkeypatch):
 def test_every_public_function_has_a_cli_example():
     for name in ("exports", "export", "unexport", "save", "restore", "valid_iqn", "export_args", "parse_dump"):
         assert "CLI Example:" in getattr(lio, name).__doc__, name
+
+
+# --- the unit serial (wwn) of a backstore: the leg id the initiators link by ------------
+
+LEG = "web1.disk0.node1"
+RECORDED_SERIAL = "3c00792c-4558-4800-923d-abe0850e4d32"  # lab-node1-xcl-export, made up by rtslib
+SERIAL_INJECTIONS = [
+    *(bad for bad in INJECTIONS if bad is not None),  # None means "no serial"
+    "a;b", "../x", "-x", ".x", "_x", "x\n", "x\r", "a/b", "a b", "a\tb", "a:b", "a*b", "a?b",
+    "web1.disk0.node1\n", "web1.disk0.node1 ", "web1.disk0.node1/../../x", "Web1.disk0.node1.x" + "y" * 60,
+    "a" * 32 + ".disk0.node1" + "x" * 30, ".".join(["a" * 31] * 3) + "x", True, 1.5,
+]  # fmt: skip
+
+
+def test_rtslib_takes_the_serial_as_wwn_at_creation():
+    import inspect
+
+    from rtslib_fb import BlockStorageObject
+
+    assert "wwn" in inspect.signature(BlockStorageObject.__init__).parameters
+
+
+@pytest.mark.parametrize("bad", SERIAL_INJECTIONS)
+def test_bad_serials_never_reach_rtslib(fake, bad):
+    with pytest.raises(SaltInvocationError, match="invalid unit serial"):
+        lio.export(**spec(serial=bad))
+    with pytest.raises(SaltInvocationError, match="invalid unit serial"):
+        lio.export_args(**spec(serial=bad))
+    assert fake.dumps == 0 and fake.calls == []
+
+
+@pytest.mark.parametrize(
+    "good", [LEG, "t1.disk0.node1", ".".join(["a" * 31] * 3), "a-1.b-2.c-3", RECORDED_SERIAL, "X", "a" * 64, "LEG_01.x"]
+)
+def test_good_serials(good):
+    assert lio.export_args(**spec(serial=good))["serial"] == good
+
+
+def test_export_args_without_serial():
+    assert lio.export_args(**spec())["serial"] is None
+
+
+def test_export_with_a_serial_creates_the_backstore_with_it(fake):
+    fake.dump = recorded_dump(EMPTY)
+    ret = lio.export(**spec(name="xcl-" + LEG, device=f"/dev/xcvg/{LEG}"), serial=LEG)
+    assert ret["serial"] == LEG and ret["lun"] == 0
+    assert ret["changes"][0] == f"backstore block/xcl-{LEG} created on /dev/xcvg/{LEG} with unit serial {LEG}"
+    assert ("BlockStorageObject", (f"xcl-{LEG}",), {"dev": f"/dev/xcvg/{LEG}", "wwn": LEG}) in fake.calls
+    # The backstore is created before its LUN: LIO refuses a new serial once a LUN exists.
+    names = [c[0] for c in fake.writes()]
+    assert names.index("BlockStorageObject") < names.index("LUN")
+
+
+def test_export_test_mode_with_a_serial_plans_it_and_writes_nothing(fake):
+    ret = lio.export(**spec(), serial=LEG, test=True)
+    assert ret["changed"] is True and ret["serial"] == LEG
+    assert ret["changes"][0].endswith(f"with unit serial {LEG}")
+    assert fake.writes() == []
+
+
+def test_export_with_the_same_serial_again_changes_nothing(fake):
+    fake.dump = recorded_dump(EXPORTED)
+    ret = lio.export("xcl-lv0", "/dev/xclio/lv0", TARGET, [NODE2], ["192.168.100.1"], serial=RECORDED_SERIAL)
+    assert ret == {"changed": False, "changes": [], "target": TARGET, "backstore": "xcl-lv0", "lun": 0,
+                   "serial": RECORDED_SERIAL}  # fmt: skip
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("test", [False, True])
+def test_export_refuses_to_change_the_serial_of_an_existing_backstore(fake, test):
+    """Recreating the backstore would change the disk's identity under a running guest."""
+    fake.dump = recorded_dump(EXPORTED)
+    with pytest.raises(CommandExecutionError) as exc:
+        lio.export("xcl-lv0", "/dev/xclio/lv0", TARGET, [NODE2], ["192.168.100.1"], serial=LEG, test=test)
+    msg = str(exc.value)
+    assert f"unit serial {RECORDED_SERIAL!r}, not {LEG!r}" in msg and "unexport" in msg
+    assert fake.writes() == []
+    # A serial differing only in case or by a suffix is a mismatch too.
+    with pytest.raises(CommandExecutionError, match="unit serial"):
+        lio.export("xcl-lv0", "/dev/xclio/lv0", TARGET, [NODE2], ["192.168.100.1"], serial=RECORDED_SERIAL.upper())
+    assert fake.writes() == []
+
+
+def test_export_refuses_a_serial_another_backstore_has(fake):
+    fake.dump = recorded_dump(EXPORTED)
+    with pytest.raises(CommandExecutionError, match="already used by backstore block/xcl-lv0"):
+        lio.export("xcl-lv1", "/dev/xclio/lv1", TARGET, [NODE2], ["192.168.100.1"], serial=RECORDED_SERIAL)
+    assert fake.writes() == []
+
+
+def test_exports_shows_the_serial_as_wwn():
+    assert lio.parse_dump(recorded_dump(EXPORTED))["backstores"]["xcl-lv0"]["wwn"] == RECORDED_SERIAL

@@ -106,7 +106,9 @@ def test_a_mirror_has_exactly_two_distinct_legs(run_all, legs):
 @pytest.mark.parametrize(
     "kwargs",
     [{"name": "a b"}, {"name": "-x"}, {"name": "x;y"}, {"name": "a" * 33}, {"metadata": "0.90"},
-     {"metadata": "1.2;x"}, {"bitmap": "/tmp/bitmap"}, {"bitmap": "external"}],
+     {"metadata": "1.2;x"}, {"bitmap": "/tmp/bitmap"}, {"bitmap": "external"},
+     {"bitmap_chunk": "3M"}, {"bitmap_chunk": "2K"}, {"bitmap_chunk": "2G"}, {"bitmap_chunk": "1M;x"},
+     {"bitmap_chunk": 1024}, {"bitmap_chunk": "-1M"}, {"bitmap_chunk": "1M", "bitmap": "none"}],
 )  # fmt: skip
 def test_create_mirror_refuses_bad_options(run_all, kwargs):
     with pytest.raises(SaltInvocationError):
@@ -414,6 +416,15 @@ def test_create_mirror_on_blank_legs(host, run_all):
     assert run_all.calls == [[*md.EXAMINE_EXPORT, L0], [*md.EXAMINE_EXPORT, L1], CREATE, DETAIL]
     assert res["changed"] is True
     assert res["status"]["uuid"] == UUID and res["status"]["sync"]["action"] == "resync"
+
+
+def test_create_mirror_with_a_small_bitmap_chunk(host, run_all):
+    host.load("lab-node2-blank-legs")
+    create = [*CREATE[:-3], "--bitmap-chunk=1024K", *CREATE[-3:]]
+    run_all.outputs[tuple(create)] = {"retcode": 0, "stderr": "mdadm: array /dev/md/mdrec started.\n"}
+    _on(run_all, "--create", lambda argv: host.load("lab-node2-initial-resync"))
+    assert md.create_mirror(MD, [L0, L1], name="mdrec", bitmap_chunk="1M")["changed"] is True
+    assert create in run_all.calls
 
 
 def test_create_mirror_of_the_assembled_array_changes_nothing(host, run_all):

@@ -1,0 +1,114 @@
+"""The probe guest initramfs builder (lab/domu.py): dependency order and the cpio archive."""
+
+import shutil
+import stat
+import subprocess
+
+import pytest
+
+from lab import domu
+
+MODINFO = {
+    "raid1": ("/lib/modules/k/kernel/drivers/md/raid1.ko", ["md-mod"]),
+    "md-mod": ("/lib/modules/k/kernel/drivers/md/md-mod.ko", []),
+    "xen-blkfront": ("/lib/modules/k/kernel/drivers/block/xen-blkfront.ko", []),
+}
+
+
+def test_module_order_puts_dependencies_first_once():
+    order = domu.module_order(["xen-blkfront", "raid1", "md-mod"], MODINFO.__getitem__)
+    names = [p.rsplit("/", 1)[1] for p in order]
+    assert names == ["xen-blkfront.ko", "md-mod.ko", "raid1.ko"]
+
+
+def test_module_order_refuses_a_cycle():
+    cyclic = {"a": ("/a.ko", ["b"]), "b": ("/b.ko", ["a"])}
+    with pytest.raises(ValueError, match="cycle: a -> b -> a"):
+        domu.module_order(["a"], cyclic.__getitem__)
+
+
+def test_parse_ldd_keeps_absolute_paths_only():
+    out = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibudev.so.1 => /lib/x86_64-linux-gnu/libudev.so.1 (0x00007f)\n"
+        "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n"
+    )
+    assert domu.parse_ldd(out) == [
+        "/lib/x86_64-linux-gnu/libudev.so.1",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    ]
+
+
+@pytest.mark.skipif(not shutil.which("cpio"), reason="cpio is not installed")
+def test_newc_archive_unpacks_with_real_cpio(tmp_path):
+    archive = domu.newc_archive([
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("bin/tool", stat.S_IFREG | 0o755, b"#!/bin/sh\necho odd-length\n"),
+        ("etc", stat.S_IFDIR | 0o755, b""),
+        ("etc/empty", stat.S_IFREG | 0o644, b""),
+        ("bin/link", stat.S_IFLNK | 0o777, b"tool"),
+    ])
+    assert len(archive) % 4 == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet"], input=archive, cwd=out, check=True)
+    assert (out / "bin" / "tool").read_bytes() == b"#!/bin/sh\necho odd-length\n"
+    assert (out / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    assert (out / "etc" / "empty").read_bytes() == b""
+    assert (out / "bin" / "link").readlink().as_posix() == "tool"
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=archive, capture_output=True, check=True)
+    assert listing.stdout.decode().split() == ["bin", "bin/tool", "etc", "etc/empty", "bin/link"]
+
+
+def _rootfs(tmp_path):
+    root = tmp_path / "rootfs"
+    for inside, data in {
+        "usr/bin/busybox": b"BUSYBOX",
+        "usr/sbin/mdadm": b"MDADM",
+        "usr/lib/x86_64-linux-gnu/libc.so.6": b"LIBC",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2": b"LD",
+        "usr/lib/modules/k/raid1.ko": b"RAID1",
+    }.items():
+        (root / inside).parent.mkdir(parents=True, exist_ok=True)
+        (root / inside).write_bytes(data)
+    return root
+
+
+def test_probe_entries_place_files_where_the_guest_looks_for_them(tmp_path):
+    root = _rootfs(tmp_path)
+    files = {
+        "/bin/busybox": "/usr/bin/busybox",
+        "/sbin/mdadm": "/usr/sbin/mdadm",
+        "/lib/x86_64-linux-gnu/libc.so.6": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2": "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    }
+    entries = domu.probe_entries(root, files, ["/usr/lib/modules/k/raid1.ko"], b"#!/bin/busybox sh\n")
+    by_path = {path: (mode, data) for path, mode, data in entries}
+    assert by_path["lib64/ld-linux-x86-64.so.2"][1] == b"LD"
+    assert stat.S_ISDIR(by_path["lib64"][0]) and stat.S_ISDIR(by_path["lib/x86_64-linux-gnu"][0])
+    assert by_path["lib/modules/raid1.ko"][1] == b"RAID1"
+    assert by_path["lib/modules/order"][1] == b"raid1.ko\n"
+    assert by_path["init"][0] == stat.S_IFREG | 0o755
+    paths = [p for p, _, _ in entries]
+    assert len(paths) == len(set(paths))
+    # every parent directory comes before what it holds
+    for i, path in enumerate(paths):
+        if "/" in path:
+            assert path.rsplit("/", 1)[0] in paths[:i], path
+
+
+def test_probe_entries_refuse_a_symlink_source(tmp_path):
+    root = _rootfs(tmp_path)
+    (root / "lib64").mkdir()
+    (root / "lib64" / "ld.so").symlink_to("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    with pytest.raises(ValueError, match="not a regular file"):
+        domu.probe_entries(root, {"/lib64/ld.so": "/lib64/ld.so"}, [], b"")
+
+
+def test_probe_init_script_mirrors_and_beats():
+    text = domu.PROBE_INIT.read_text()
+    assert text.startswith("#!/bin/busybox sh\n")
+    assert "--bitmap=internal" in text and "HB $n" in text
+    assert domu.PROBE_INIT.stat().st_mode & 0o111
