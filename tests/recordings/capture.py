@@ -4,7 +4,7 @@ Run it ON the host whose output you want (a lab dom0, or any machine with the
 tools), with a Python that can import salt (the project venv, or the minion's):
 
     python tests/recordings/capture.py lvm tests/recordings/lvm/<name> [--extra=ARG ...] [--select=VG[/LV] ...]
-    python tests/recordings/capture.py xl  tests/recordings/xl/<name>
+    python tests/recordings/capture.py xl  tests/recordings/xl/<name> [--domain=NAME ...]
     python tests/recordings/capture.py lio tests/recordings/lio/<name>
     python tests/recordings/capture.py iscsi tests/recordings/iscsi/<name> [--portal=IP]
     python tests/recordings/capture.py md  tests/recordings/md/<name> --md=/dev/md0 [--leg=/dev/X ...]
@@ -22,6 +22,10 @@ the host's own disks); they are recorded in meta.json too. See README.md.
 ``snapshot_*`` and ``lv_tags`` run it, as ``lvs.<VG>[+<LV>].out``; a
 selection that fails (a missing VG or LV) is recorded with its rc and stderr
 in meta.json, not fatal.
+
+``xl`` records ``xl list -l``, ``xl list`` and ``xl info``; with ``--domain``
+also what ``xencluster_xl.block_list`` runs for that guest: ``xl list -l NAME``
+and ``xl block-list NAME`` (``xl_list_l.NAME.out``, ``xl_block_list.NAME.out``).
 
 ``lio`` records ``rtslib_fb.RTSRoot().dump()`` (the one read
 ``xencluster_lio.exports`` makes) as ``dump.json``, with every CHAP value
@@ -50,7 +54,7 @@ def _module(name):
     return mod
 
 
-def _commands(tool):
+def _commands(tool, domains=()):
     """({name: argv}, argv printing the tool version, which of its lines to keep)."""
     if tool == "lvm":
         # The argv lists are the module's own, so a capture always records the
@@ -60,6 +64,9 @@ def _commands(tool):
         return commands, ["lvm", "version"], ("LVM version", "Library version")
     mod = _module("xencluster_xl")
     commands = {"xl_list_l": mod.XL_LIST_LONG, "xl_list": mod.XL_LIST, "xl_info": mod.XL_INFO}
+    for name in domains:
+        commands[f"xl_list_l.{name}"] = [*mod.XL_LIST_LONG, name]
+        commands[f"xl_block_list.{name}"] = [*mod.XL_BLOCK_LIST, name]
     return commands, ["xl", "info"], ("xen_version", "release")
 
 
@@ -76,6 +83,7 @@ def main():
     parser.add_argument("--note", default="", help="free text stored in meta.json")
     parser.add_argument("--md", action="append", default=[], help="md: an array to --detail --export")
     parser.add_argument("--leg", action="append", default=[], help="md: a device to --examine --export")
+    parser.add_argument("--domain", action="append", default=[], help="xl: also record block_list's commands")
     parser.add_argument("--portal", default=None, help="iscsi: also record a discovery on this portal")
     parser.add_argument(
         "--select", action="append", default=[], help="lvm: also record LVS_ARGV narrowed to VG or VG/LV"
@@ -88,7 +96,7 @@ def main():
     if args.tool == "iscsi":
         return _capture_iscsi(args)
 
-    commands, version_argv, version_keys = _commands(args.tool)
+    commands, version_argv, version_keys = _commands(args.tool, args.domain)
     version = _run(version_argv).stdout.decode(errors="replace").splitlines()
     args.outdir.mkdir(parents=True, exist_ok=True)
     meta = {
