@@ -36,6 +36,7 @@ CAPABILITIES = "/proc/xen/capabilities"
 XL_LIST_LONG = ["xl", "list", "-l"]
 XL_LIST = ["xl", "list"]
 XL_INFO = ["xl", "info"]
+XL_BLOCK_LIST = ["xl", "block-list"]
 
 # `xl info` lines: "key<padding>: value" (tools/xl/xl_info.c prints "%-23s: ").
 _INFO_LINE = re.compile(r"^([A-Za-z0-9_]+)\s*:\s?(.*)$")
@@ -509,6 +510,11 @@ def _migrate_checks(name, host, domains):
     dom = domains.get(name)
     if dom is None:
         raise CommandExecutionError(f"no guest named {name} on this host")
+    if dom["state"] in _STOPPED:
+        raise CommandExecutionError(
+            f"{name} is {dom['state']} here, not running: there is nothing to migrate "
+            "(destroy it, or restart it where it belongs)"
+        )
     if dom["type"] == "pv":
         raise CommandExecutionError(
             f"{name} is a PV guest: Debian's Xen is built without shadow paging, so a PV "
@@ -523,8 +529,8 @@ def migrate(name, host, transport="ssh", ssh_command=None, live=True, dry_run=Fa
     """
     Live-migrate a guest to another dom0 with ``xl migrate``.
 
-    Before anything runs, one ``list_domains`` read refuses an unknown guest
-    and a PV guest (Debian's Xen has no shadow paging, so PV guests cannot be
+    Before anything runs, one ``list_domains`` read refuses an unknown guest,
+    a guest that is not running (shut down, crashed, dying), and a PV guest (Debian's Xen has no shadow paging, so PV guests cannot be
     live-migrated; use PVH or HVM). ``transport`` is ``ssh`` only for now:
     ``xl migrate [-s <ssh_command>] <name> <host>``. xl passes the ssh command
     and host to ``sh -c``, so both must be plain words. ``dry_run`` returns the
@@ -651,3 +657,110 @@ def sched_credit2(name, weight=None, cap=None):
         argv += ["-c", str(_check_int(cap, "cap", 0, 10000))]
     _run(argv)
     return {"name": name, "weight": weight, "cap": cap}
+
+
+# --- block devices -------------------------------------------------------------------
+
+# xenbus states (xen/include/public/io/xenbus.h)
+_XENBUS_STATES = {
+    0: "unknown", 1: "initialising", 2: "initwait", 3: "initialised", 4: "connected",
+    5: "closing", 6: "closed", 7: "reconfiguring", 8: "reconfigured",
+}  # fmt: skip
+_VDEV_RE = re.compile(r"(xvd|sd|hd)([a-z]{1,3})")
+_BLOCK_LIST_HEAD = ["Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"]
+_LIVE_KEYS = ("devid", "backend_domid", "frontend_domid", "state", "state_code", "event_channel",
+              "ring_ref", "backend_path")  # fmt: skip
+
+
+def _disk_index(letters):
+    """a -> 0, z -> 25, aa -> 26 (Linux's bijective base-26 disk naming)."""
+    index = 0
+    for ch in letters:
+        index = index * 26 + (ord(ch) - ord("a") + 1)
+    return index - 1
+
+
+def vdev_number(vdev):
+    """The Xen device number of a whole-disk vdev name (``xvda`` -> 51712), or None."""
+    match = _VDEV_RE.fullmatch(vdev or "")
+    if not match:
+        return None
+    kind, index = match.group(1), _disk_index(match.group(2))
+    if kind == "xvd":
+        return (202 << 8) | (index << 4) if index < 16 else (1 << 28) | (index << 8)
+    if kind == "sd" and index < 16:
+        return (8 << 8) | (index << 4)
+    if kind == "hd" and index < 4:
+        return ((3, 22)[index // 2] << 8) | ((index % 2) << 6)
+    return None
+
+
+def _parse_block_list(stdout):
+    """Rows of ``xl block-list``: one header, then seven columns (BE-path may be empty)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if not lines or lines[0].split() != _BLOCK_LIST_HEAD:
+        raise CommandExecutionError(f"unexpected xl block-list output: {stdout[:120]!r}")
+    rows = []
+    for line in lines[1:]:
+        parts = line.split(None, 6)
+        if len(parts) < 6 or not all(_INT.fullmatch(p) for p in parts[:6]):
+            raise CommandExecutionError(f"unexpected xl block-list line: {line!r}")
+        devid, backend, frontend, state, evtch, ring_ref = (int(p) for p in parts[:6])
+        rows.append({
+            "devid": devid, "backend_domid": backend, "frontend_domid": frontend,
+            "state": _XENBUS_STATES.get(state, str(state)), "state_code": state,
+            "event_channel": evtch, "ring_ref": ring_ref,
+            "backend_path": parts[6].strip() if len(parts) > 6 else None,
+        })  # fmt: skip
+    return rows
+
+
+def _configured_disks(stdout, name):
+    """The ``disks`` of ``name``'s configuration in ``xl list -l <name>`` JSON."""
+    for entry in json.loads(stdout) if stdout.strip() else []:
+        config = entry.get("config") or {}
+        if (config.get("c_info") or {}).get("name") == name:
+            return config.get("disks") or []
+    return []
+
+
+def block_list(name):
+    """
+    The block devices of guest ``name``: what each is backed by and its xenbus state.
+
+    Two calls whatever the number of disks: ``xl list -l <name>`` for the
+    configured disks (``target`` is the backing path, e.g. the stable leg
+    path) and ``xl block-list <name>`` for the live frontend/backend state
+    (``connected`` when the guest uses it). Returns a list, one entry per
+    device: ``{"vdev", "devid", "target", "format", "mode" ("w"/"r"),
+    "backend_domid", "state", "state_code", "event_channel", "ring_ref",
+    "backend_path"}``; a device only one side knows has the other side's keys
+    as None.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.block_list web1
+    """
+    _check_name(name)
+    try:
+        configured = _configured_disks(_run([*XL_LIST_LONG, name]), name)
+    except ValueError as exc:
+        raise CommandExecutionError(f"xl list -l {name} did not print JSON: {exc}")
+    live = {row["devid"]: row for row in _parse_block_list(_run([*XL_BLOCK_LIST, name]))}
+    blank_live = dict.fromkeys(_LIVE_KEYS)
+    disks = []
+    for disk in configured:
+        devid = vdev_number(disk.get("vdev"))
+        row = live.pop(devid, None) or {**blank_live, "devid": devid}
+        disks.append({
+            "vdev": disk.get("vdev"),
+            "target": disk.get("pdev_path") or disk.get("target"),
+            "format": disk.get("format"),
+            "mode": "w" if disk.get("readwrite", 1) else "r",
+            **row,
+        })  # fmt: skip
+    for row in live.values():
+        disks.append({"vdev": None, "target": None, "format": None, "mode": None, **row})
+    return disks
