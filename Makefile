@@ -8,7 +8,8 @@ NODES ?= 2
 PYTEST := $(PY) -m pytest
 
 .PHONY: help host-deps venv test test-fast test-unit test-integration test-lab \
-        lab-build lab-up lab-master lab-status lab-down demo benchmark-lab-boot clean
+        lab-build lab-up lab-master lab-status lab-down demo benchmark-lab-boot \
+        benchmark-report-scaling clean
 
 help:
 	@echo "make demo       set up everything, boot the lab cluster, run the main job on it"
@@ -65,6 +66,10 @@ demo: host-deps venv lab-master
 
 benchmark-lab-boot: host-deps venv
 	$(PY) benchmarks/lab_boot.py
+
+# Needs the lab running (make lab-up); never starts or stops it.
+benchmark-report-scaling: venv
+	$(PY) benchmarks/report_scaling.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
