@@ -134,3 +134,48 @@ def test_many_nodes_many_guests_still_one_call(client):
     result = runner.locate()
     assert client.cmd.call_count == 1
     assert len(result["guests"]) == 5000 and result["double_runs"] == []
+
+
+NO_RETURN = {
+    "out": "no_return",
+    "ret": "Minion did not return. [No response]\nThe minions may not have all finished running and any "
+    "remaining minions will return upon completion. To look up the return data for this job later, run "
+    "the following command:\n\nsalt-run jobs.lookup_jid 20261124020128715550",
+    "retcode": 1,
+}
+
+
+def test_salt_3008_no_return_is_no_answer_not_an_error(client):
+    # what LocalClient.cmd(..., full_return=True) gives for a silent or unknown minion in 3008.3
+    client.cmd.return_value = {
+        "node1": _ok({"web1": WEB1}),
+        "node2": NO_RETURN,
+        "node3": dict(NO_RETURN, ret="Minion did not return. [Not connected]"),
+    }
+    result = runner.locate()
+    assert result["no_answer"] == ["node2", "node3"] and result["errors"] == {}
+
+
+def test_expect_adds_the_minions_that_are_not_in_the_returns(client):
+    client.cmd.return_value = {"node1": _ok({"web1": WEB1}), "node2": False}
+    result = runner.locate(tgt=["node1", "node2", "node3"], tgt_type="list", expect=["node3", "node1", "node2"])
+    client.cmd.assert_called_once_with(
+        ["node1", "node2", "node3"], "xencluster_xl.list_domains", timeout=5, tgt_type="list", full_return=True
+    )
+    assert result["no_answer"] == ["node2", "node3"]
+    assert result["guests"] == {"web1": ["node1"]}
+
+
+def test_expect_from_the_command_line_and_when_all_answer(client):
+    client.cmd.return_value = {"node1": _ok({}), "node2": _ok({"db1": DB1})}
+    assert runner.locate(tgt="node1,node2", tgt_type="list", expect="node1,node2")["no_answer"] == []
+    # nothing answered at all: every expected minion is unknown
+    client.cmd.return_value = {}
+    assert runner.locate(expect="node1,node2")["no_answer"] == ["node1", "node2"]
+
+
+@pytest.mark.parametrize("expect", [[""], [1], {"node1": True}, 5])
+def test_expect_must_be_minion_ids(client, expect):
+    with pytest.raises(runner.SaltInvocationError, match="expect must be a list of minion ids"):
+        runner.locate(expect=expect)
+    client.cmd.assert_not_called()
