@@ -2,8 +2,9 @@
 open-iscsi on xencluster dom0s: import the disk legs that peer dom0s export.
 
 * ``sessions`` is ONE ``iscsiadm -m session`` call plus sysfs reads
-  (``/sys/class/iscsi_session/session*/``) for the state, the target name and
-  the SCSI disks of each session; it never scrapes ``-P3`` output.
+  (``/sys/class/iscsi_session/session*/``): per session its state (one file)
+  and its SCSI disks (one directory listing per level, no glob, no stat); it
+  never scrapes ``-P3`` output.
 * ``login`` is a no-op when the session is already up; it sets
   ``node.startup=automatic`` so the session comes back after a reboot.
 * CHAP settings go through ``iscsiadm -m node -o update``; secrets are never
@@ -12,7 +13,6 @@ open-iscsi on xencluster dom0s: import the disk legs that peer dom0s export.
 Named ``xencluster_iscsi`` so it never shadows Salt's ``iscsi`` module.
 """
 
-import glob
 import ipaddress
 import logging
 import os
@@ -148,22 +148,42 @@ def _read(path):
         return None
 
 
-def _session_sysfs(sid, root=None):
-    """State, target name and SCSI disks of session ``sid`` from sysfs."""
-    base = os.path.join(root or SYSFS_SESSIONS, f"session{sid}")
-    devices = []
-    for path in sorted(glob.glob(os.path.join(base, "device", "target*", "*", "block", "*"))):
-        parts = path.split(os.sep)
-        hctl, name = parts[-3], parts[-1]
-        if not _HCTL.fullmatch(hctl) or not _BLOCK.fullmatch(name):
+def _scandir(path):
+    """The entries of directory ``path`` (one ``scandir``); none if it is missing."""
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _session_devices(base):
+    """
+    [{lun, hctl, device}] of session directory ``base``: ``device/target*/<H:C:T:L>/block/<name>``.
+
+    One ``scandir`` per level and no ``stat``: ``device``, each ``target*``
+    directory in it (one per iSCSI session), and ``block`` of each LUN (a
+    SCSI device without a block device, e.g. before ``sd`` binds, has none).
+    Sorted by LUN, ties by path, as the glob this replaces sorted them.
+    """
+    found = []
+    for target in _scandir(os.path.join(base, "device")):
+        if not target.name.startswith("target") or not target.is_dir():
             continue
-        devices.append({"lun": int(hctl.rsplit(":", 1)[1]), "hctl": hctl, "device": f"/dev/{name}"})
-    devices.sort(key=lambda d: d["lun"])
-    return {
-        "state": _read(os.path.join(base, "state")),
-        "sysfs_target": _read(os.path.join(base, "targetname")),
-        "devices": devices,
-    }
+        for lun in _scandir(target.path):
+            if not _HCTL.fullmatch(lun.name):
+                continue
+            for block in _scandir(os.path.join(lun.path, "block")):
+                if _BLOCK.fullmatch(block.name):
+                    key = (int(lun.name.rsplit(":", 1)[1]), f"{target.name}/{lun.name}/block/{block.name}")
+                    found.append((key, {"lun": key[0], "hctl": lun.name, "device": f"/dev/{block.name}"}))
+    return [device for _, device in sorted(found, key=lambda item: item[0])]
+
+
+def _session_sysfs(sid, root=None):
+    """State and SCSI disks of session ``sid`` from sysfs: one read and ~3 directory listings."""
+    base = os.path.join(root or SYSFS_SESSIONS, f"session{sid}")
+    return {"state": _read(os.path.join(base, "state")), "devices": _session_devices(base)}
 
 
 # --- running iscsiadm ----------------------------------------------------------

@@ -5,8 +5,11 @@
 a temporary directory from the recording's ``sysfs.json``.
 """
 
+import glob
 import json
+import os
 import pathlib
+import sys
 
 import pytest
 from salt.exceptions import CommandExecutionError
@@ -305,3 +308,102 @@ def test_every_public_function_has_a_cli_example():
     for name in ("initiator_name", "discover", "login", "logout", "sessions", "rescan", "set_chap",
                  "clear_chap", "valid_iqn"):  # fmt: skip
         assert "CLI Example:" in getattr(iscsi, name).__doc__, name
+
+
+# --- sysfs reads per session -------------------------------------------------------------
+
+
+def _glob_devices(base):
+    """The glob ``sessions`` used before (reference): device/target*/*/block/*, sorted, then by LUN."""
+    devices = []
+    for path in sorted(glob.glob(os.path.join(base, "device", "target*", "*", "block", "*"))):
+        parts = path.split(os.sep)
+        hctl, name = parts[-3], parts[-1]
+        if iscsi._HCTL.fullmatch(hctl) and iscsi._BLOCK.fullmatch(name):  # pylint: disable=protected-access
+            devices.append({"lun": int(hctl.rsplit(":", 1)[1]), "hctl": hctl, "device": f"/dev/{name}"})
+    devices.sort(key=lambda d: d["lun"])
+    return devices
+
+
+def build_busy_session(base, sid=3):
+    """SYNTHETIC: a session's sysfs with what a real one holds besides its disks, LUNs out of order."""
+    device = base / "device"
+    target = device / f"target{sid}:0:0"
+    for lun, name in ((10, "sdk"), (2, "sdc"), (0, "sda"), (1, "sdb"), (3, "sr0")):
+        (target / f"{sid}:0:0:{lun}" / "block" / name).mkdir(parents=True)
+        (target / f"{sid}:0:0:{lun}" / "power").mkdir(exist_ok=True)
+    (target / f"{sid}:0:0:4").mkdir()  # a LUN the sd driver has not bound yet: no block/
+    (target / f"{sid}:0:0:5" / "block").mkdir(parents=True)  # ... or bound without a disk yet
+    (target / f"{sid}:0:0:6" / "block" / ".hidden").mkdir(parents=True)
+    (target / f"{sid}:0:0:7" / "block" / "SDX").mkdir(parents=True)  # not a kernel block name
+    (target / "power").mkdir()
+    (target / "uevent").write_text("DEVTYPE=scsi_target\n")
+    (target / "subsystem").symlink_to(base)
+    (device / f"connection{sid}:0").mkdir()
+    (device / "iscsi_session" / f"session{sid}").mkdir(parents=True)
+    (device / "targetx").write_text("a file named target*\n")
+    (base / "state").write_text("LOGGED_IN\n")
+    (base / "targetname").write_text(f"{TARGET}\n")
+    return base
+
+
+def test_session_devices_are_what_the_glob_found(tmp_path):
+    base = build_busy_session(tmp_path / "session3")
+    read = iscsi._session_sysfs  # pylint: disable=protected-access
+    devices = read(3, root=str(tmp_path))["devices"]
+    assert devices == _glob_devices(str(base))
+    assert [d["device"] for d in devices] == ["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sr0", "/dev/sdk"]
+    assert read(9, root=str(tmp_path)) == {"state": None, "devices": []}
+
+
+@pytest.mark.parametrize("name", [NONE, ONE])
+def test_recorded_sessions_are_unchanged(name, run_all, tmp_path, monkeypatch):
+    root = build_sysfs(tmp_path / "sys", name)
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(name, "session")
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(root))
+    expected = []
+    for session in iscsi._parse_sessions(rec(name, "session.out")):  # pylint: disable=protected-access
+        base = root / f"session{session['sid']}"
+        state = (base / "state").read_text().strip()
+        expected.append({**session, "state": state, "devices": _glob_devices(str(base))})
+    assert iscsi.sessions() == expected
+    if name == ONE:
+        assert expected == [{"sid": 2, "transport": "tcp", "portal": PORTAL, "tpgt": 1, "target": TARGET,
+                             "state": "LOGGED_IN",
+                             "devices": [{"lun": 0, "hctl": "2:0:0:0", "device": "/dev/sda"}]}]  # fmt: skip
+
+
+class _IO:
+    active = None
+    hooked = False
+
+    @classmethod
+    def audit(cls, event, args):
+        if cls.active is not None and event in ("open", "os.scandir", "os.listdir"):
+            cls.active.append((event, str(args[0])))
+
+
+def test_one_session_costs_one_read_and_a_listing_per_level(tmp_path, monkeypatch):
+    """Per session: its state file, and device/, target*/ and each LUN's block/ listed once; no stat."""
+    if not _IO.hooked:
+        sys.addaudithook(_IO.audit)
+        _IO.hooked = True
+    build_sysfs(tmp_path / "sys", ONE)
+    stats = []
+    for name in ("stat", "lstat"):
+        original = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda *a, _o=original, **k: stats.append(a[0]) or _o(*a, **k))
+    events = _IO.active = []
+    try:
+        info = iscsi._session_sysfs(2, root=str(tmp_path / "sys"))  # pylint: disable=protected-access
+    finally:
+        _IO.active = None
+    assert info["devices"] == [{"lun": 0, "hctl": "2:0:0:0", "device": "/dev/sda"}]
+    base = str(tmp_path / "sys" / "session2")
+    assert [(e, os.path.relpath(p, base)) for e, p in events] == [
+        ("open", "state"),
+        ("os.scandir", "device"),
+        ("os.scandir", "device/target2:0:0"),
+        ("os.scandir", "device/target2:0:0/2:0:0:0/block"),
+    ]
+    assert stats == []  # the glob stat-ed every entry of the target directory; targetname is not read

@@ -317,6 +317,8 @@ def context():
 def host(tmp_path, run_all, monkeypatch):
     h = Host(tmp_path, run_all)
     monkeypatch.setattr(lio_mod, "rtslib_fb", h.rtslib())
+    # The fake answers RTSRoot().dump(): keep exports() off a real configfs on LIO hosts.
+    monkeypatch.setattr(lio_mod, "CONFIGFS_TARGET", str(tmp_path / "no-configfs"))
     monkeypatch.setattr(iscsi_mod, "SYSFS_SESSIONS", iscsi_mod.SYSFS_SESSIONS)  # restored after the test
     monkeypatch.setattr(disk_mod, "DEV_ROOT", disk_mod.DEV_ROOT)
     monkeypatch.setattr(disk_mod, "SYS_ROOT", disk_mod.SYS_ROOT)
