@@ -1,0 +1,14 @@
+# xencluster dom0 formula: everything a dom0 of the cluster needs, from the cluster model in
+# pillar (xencluster) and the host options in pillar (xencluster_dom0; see map.jinja).
+#
+#   dom0      packages, Xen settings (no guest starts by itself), xenconsoled logging
+#   hygiene   dom0 never touches guest data: LVM global_filter, no md auto-assembly (udev
+#             and initramfs), kernel modules
+#   storage   LIO restored at boot, iscsid config and initiator name, stable leg paths
+#   network   bonds, service VLAN bridges and the SAN (systemd-networkd); refuses changes
+#             that touch the management link unless xencluster_dom0:network_force is true
+include:
+  - xencluster.dom0
+  - xencluster.hygiene
+  - xencluster.storage
+  - xencluster.network
