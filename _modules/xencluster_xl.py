@@ -618,19 +618,26 @@ def mem_set(name, memory):
     return {"name": name, "memory": arg}
 
 
-def vcpu_set(name, vcpus):
+def vcpu_set(name, vcpus, allow_overcommit=False):
     """
     Set the number of online vCPUs of a guest: ``xl vcpu-set <name> <vcpus>``.
+
+    xl refuses more vCPUs than the host has physical CPUs ("You are
+    overcommitting!"); ``allow_overcommit=True`` passes ``--ignore-host``.
+    The guest's ``maxvcpus`` still bounds the number.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt node1 xencluster_xl.vcpu_set web1 2
+        salt node1 xencluster_xl.vcpu_set web1 4 allow_overcommit=True
     """
     _check_name(name)
     _check_int(vcpus, "vcpus", 1, 1024)
-    _run(["xl", "vcpu-set", name, str(vcpus)])
+    _check_bool(allow_overcommit, "allow_overcommit")
+    argv = ["xl", "vcpu-set", *(["--ignore-host"] if allow_overcommit else []), name, str(vcpus)]
+    _run(argv)
     return {"name": name, "vcpus": vcpus}
 
 

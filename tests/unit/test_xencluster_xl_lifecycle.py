@@ -579,6 +579,21 @@ def test_vcpu_set(run_all):
     assert run_all.calls == [["xl", "vcpu-set", "web1", "2"]]
 
 
+def test_vcpu_set_overcommit_only_when_allowed(run_all):
+    # the lab's stderr: xl vcpu-set on a dom0 with 1 physical CPU
+    run_all.outputs[("xl", "vcpu-set", "probe", "2")] = {
+        "retcode": 1, "stdout": "",
+        "stderr": "You are overcommmitting! You have 1 physical CPUs and want 2 vCPUs! Aborting, "
+                  "use --ignore-host to continue\n",
+    }  # fmt: skip
+    with pytest.raises(CommandExecutionError, match="overcommmitting"):
+        xl.vcpu_set("probe", 2)
+    run_all.outputs[("xl", "vcpu-set", "--ignore-host", "probe", "2")] = ""
+    assert xl.vcpu_set("probe", 2, allow_overcommit=True) == {"name": "probe", "vcpus": 2}
+    with pytest.raises(SaltInvocationError):
+        xl.vcpu_set("probe", 2, allow_overcommit="yes")
+
+
 @pytest.mark.parametrize("vcpus", [0, -1, True, "2", 2.0, None, 1025])
 def test_vcpu_set_refuses_bad_counts(run_all, vcpus):
     with pytest.raises(SaltInvocationError, match="vcpus"):

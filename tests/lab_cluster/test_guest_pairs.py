@@ -1,0 +1,267 @@
+"""Guests on real disk pairs, through Salt: a PVH guest migrated and back, and md RAID1 in a guest minion.
+
+Both guests get one leg per node at its stable path /dev/xencluster/<leg id>
+(tests/lab_cluster/legs.py: LVs exported crosswise over iSCSI, unit serial =
+leg id, linked by xencluster_disk's udev rules).
+
+- ``probe`` (busybox + mdadm initramfs, lab/domu.py) mirrors its two legs and
+  writes a numbered heartbeat every 2 s. It is created on node1, listed, its
+  block devices read, moved to node2 and back with xencluster_xl.migrate while
+  the heartbeat keeps counting; then scheduled (credit2), ballooned, given a
+  vCPU, saved and restored, and shut down cleanly.
+- ``mdg`` boots the lab image itself as a guest with a salt-minion (lab/guests.py).
+  Through Salt, in the guest: create_mirror over its two legs with a 1 MiB
+  bitmap chunk, fail and remove a leg, write while it is away, cap the resync
+  speed at 1 MB/s and re_add the leg: the bitmap makes it resync only the few
+  dirty chunks (seconds), not the whole leg (minutes at that speed), and both
+  legs then hold the same data.
+"""
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import guests as lab_guests
+from lab import qemu
+from lab.config import Node
+from labcli import salt, salt_run
+from legs import call, make_pair, make_vgs, remove_pairs, run, stable_path
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
+
+PROBE, MDG = "probe", "mdg"
+HEARTBEAT = re.compile(r"HB ([0-9]+) ")
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def pairs(lab_cluster):
+    synced = salt(",".join(lab_cluster), "saltutil.sync_modules", "-L")
+    assert sorted(synced) == sorted(lab_cluster), synced
+    for node in ("node1", "node2"):
+        call(node, "xencluster_disk.install_rules")
+    made = [(PROBE, "disk0"), (MDG, "disk0")]
+    try:
+        make_vgs()
+        make_pair(PROBE, "disk0", "64M")
+        make_pair(MDG, "disk0", "128M")
+        yield made
+    finally:
+        for node in ("node1", "node2"):
+            for guest in (PROBE, MDG):
+                salt(node, "cmd.run_all", json.dumps(["xl", "destroy", guest]), "python_shell=False")
+        problems = remove_pairs(made)
+        assert not problems, "cleanup failed:\n" + "\n".join(problems)
+
+
+def legs_of(guest):
+    return [stable_path(guest, "disk0", "node1"), stable_path(guest, "disk0", "node2")]
+
+
+# xenconsoled names a log after the domain's name when it first sees it: a guest
+# arriving by migration is "probe--incoming" then, so read every probe log.
+PROBE_LOGS = ["find", "/var/log/xen/console", "-name", f"guest-{PROBE}*.log"]
+
+
+def console(node):
+    """The probe's console output on node (all its logs there)."""
+    ret = salt(node, "cmd.run_all", json.dumps([*PROBE_LOGS, "-exec", "cat", "{}", "+"]),
+               "python_shell=False")[node]  # fmt: skip
+    return ret.get("stdout", "") if isinstance(ret, dict) else ""
+
+
+def heartbeats(node):
+    """Heartbeat numbers the probe wrote to its console on node."""
+    return [int(n) for n in HEARTBEAT.findall(console(node))]
+
+
+def wait_until(what, probe, timeout, interval=3):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        ok, last = probe()
+        if ok:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s; last seen: {last}")
+
+
+def beating_on(node, above=0, timeout=120):
+    """Wait for a heartbeat on node numbered above ``above``; return the newest."""
+
+    def probe():
+        beats = heartbeats(node)
+        newest = max(beats, default=0)
+        return newest > above, newest
+
+    return wait_until(f"probe heartbeat above {above} on {node}", probe, timeout)
+
+
+def located():
+    ret = salt_run("xencluster.locate", "tgt=node*", timeout=120)
+    return ret["guests"], ret["double_runs"]
+
+
+def start_probe():
+    """The probe guest on node1, with fresh console logs; returns its first heartbeat."""
+    config = lab_guests.probe_config(PROBE, legs_of(PROBE), Node(1))
+    for node in ("node1", "node2"):
+        run(node, [*PROBE_LOGS, "-delete"])
+    created = call("node1", "xencluster_xl.create", f"config={json.dumps(config)}", timeout=300)
+    assert created["name"] == PROBE, created
+    return beating_on("node1")
+
+
+def test_probe_guest_migrates_and_back_on_its_disk_pair(pairs):
+    first = start_probe()
+
+    listed = call("node1", "xencluster_xl.list_domains")[PROBE]
+    assert listed["type"] == "pvh" and listed["state"] in ("running", "blocked", "runnable"), listed
+    assert listed["memory"] == 128 * MIB, listed
+    disks = call("node1", "xencluster_xl.block_list", PROBE)
+    assert [(d["vdev"], d["target"], d["state"]) for d in disks] == [
+        ("xvda", legs_of(PROBE)[0], "connected"), ("xvdb", legs_of(PROBE)[1], "connected")], disks
+    assert located() == ({PROBE: ["node1"]}, []), "probe must be seen on node1 only"
+
+    # node1 -> node2 over the SAN (xl migrate's ssh to "node2", /etc/hosts: the SAN address)
+    moved = call("node1", "xencluster_xl.migrate", PROBE, "node2", timeout=600)
+    assert moved["migrated"] is True and moved["checks"]["type"] == "pvh", moved
+    assert PROBE not in call("node1", "xencluster_xl.list_domains")
+    beating_on("node2", above=first)
+    assert located() == ({PROBE: ["node2"]}, [])
+
+    # ... and back: the heartbeat counter continues (the same guest, not a reboot)
+    before_back = max(heartbeats("node2"))
+    moved = call("node2", "xencluster_xl.migrate", PROBE, "node1", timeout=600)
+    assert moved["migrated"] is True, moved
+    back = beating_on("node1", above=before_back)
+    assert back > before_back > first
+    assert located() == ({PROBE: ["node1"]}, [])
+
+
+def test_probe_guest_resources_save_restore_and_shutdown(pairs):
+    if PROBE not in call("node1", "xencluster_xl.list_domains"):
+        start_probe()  # the migration test left it on node1 unless it failed or ran alone
+
+    sched = call("node1", "xencluster_xl.sched_credit2", PROBE, "weight=512", "cap=50")
+    assert sched, sched
+    shown = run("node1", ["xl", "sched-credit2", "-d", PROBE])["stdout"]
+    assert re.search(rf"^{PROBE}\s+[0-9]+\s+512\s+50\b", shown, re.M), shown
+
+    call("node1", "xencluster_xl.mem_set", PROBE, "96m")
+    wait_until("balloon target 96 MiB", lambda: (
+        (m := call("node1", "xencluster_xl.list_domains")[PROBE]["memory"]) == 96 * MIB, m), 60)
+
+    refused = salt("node1", "xencluster_xl.vcpu_set", PROBE, "2")["node1"]
+    assert "overcommmitting" in refused, refused  # a lab node has one physical CPU
+    call("node1", "xencluster_xl.vcpu_set", PROBE, "2", "allow_overcommit=True")
+    # the guest onlines the hot-plugged vCPU itself, a moment later
+    wait_until("two online vCPUs", lambda: (
+        (n := run("node1", ["xl", "list", PROBE])["stdout"].splitlines()[-1].split()[3]) == "2", n), 60)
+
+    image = "/var/tmp/xc-probe.save"
+    try:
+        before = max(heartbeats("node1"))
+        call("node1", "xencluster_xl.save", PROBE, image, "overwrite=True", timeout=300)
+        assert PROBE not in call("node1", "xencluster_xl.list_domains")
+        call("node1", "xencluster_xl.restore", image, timeout=300)
+        assert beating_on("node1", above=before) > before
+    finally:
+        run("node1", ["rm", "-f", image])
+
+    call("node1", "xencluster_xl.shutdown", PROBE, "timeout=120", timeout=240)
+    assert PROBE not in call("node1", "xencluster_xl.list_domains")
+    log = console("node1")
+    assert "probe: poweroff" in log, log[-2000:]
+
+
+# --- md RAID1 inside a guest minion ------------------------------------------------------
+
+
+def guest_call(fun, *args, timeout=300):
+    return call(MDG, fun, *args, timeout=timeout)
+
+
+def guest_run(argv, ok=(0,)):
+    return run(MDG, argv, ok=ok)
+
+
+def array_status():
+    return guest_call("xencluster_md.status", "/dev/md0")["/dev/md0"]
+
+
+def sha_of(device, offset_mib, mib):
+    out = guest_run(["sh", "-c", f"dd if={device} bs=1M skip={offset_mib} count={mib} iflag=direct "
+                     "status=none | sha256sum"])["stdout"]  # fmt: skip
+    return out.split()[0]
+
+
+def data_offset_mib(leg):
+    """Where the data starts on a member (md's per-device offset, in sectors), in MiB."""
+    kname = leg.rsplit("/", 1)[1]
+    sectors = int(guest_run(["cat", f"/sys/block/md0/md/dev-{kname}/offset"])["stdout"])
+    assert sectors % 2048 == 0, sectors
+    return sectors // 2048
+
+
+@pytest.fixture(scope="module")
+def guest_minion(pairs, lab_cluster):
+    node = Node(1)
+    stamp = qemu.read_stamp(node)
+    minion = lab_guests.GuestMinion(MDG, 10)
+    lab_guests.seed_minion(node, Path(stamp["dir"]) / "id_ed25519", minion)
+    config = lab_guests.minion_config(node, minion, legs_of(MDG))
+    created = call("node1", "xencluster_xl.create", f"config={json.dumps(config)}", timeout=300)
+    assert created["name"] == MDG, created
+    try:
+        wait_until("the guest minion answers test.ping", lambda: (
+            (r := salt(MDG, "test.ping", timeout=10).get(MDG)) is True, r), 420, interval=10)
+        assert salt(MDG, "saltutil.sync_modules", timeout=120).get(MDG) is not None
+        assert "xencluster_md" in guest_call("sys.list_modules")
+        yield MDG
+    finally:
+        try:
+            call("node1", "xencluster_xl.shutdown", MDG, "timeout=180", timeout=300)
+        except AssertionError:
+            salt("node1", "xencluster_xl.destroy", MDG)
+
+
+def test_raid1_in_a_guest_resyncs_only_what_changed(guest_minion):
+    legs = ["/dev/xvdb", "/dev/xvdc"]
+    made = guest_call("xencluster_md.create_mirror", "/dev/md0", ",".join(legs), "name=disk0",
+                      "bitmap_chunk=1M")  # fmt: skip
+    assert made["changed"] is True and made["status"]["bitmap"] == "internal", made
+    guest_call("xencluster_md.set_sync_speed", "min_kbs=50000", "max_kbs=200000", "md=/dev/md0")
+    wait_until("initial resync", lambda: ((s := array_status())["sync"] is None, s["state"]), 300)
+
+    guest_run(["dd", "if=/dev/urandom", "of=/dev/md0", "bs=1M", "count=8", "oflag=direct", "status=none"])
+    guest_call("xencluster_md.fail_leg", "/dev/md0", legs[1])
+    guest_call("xencluster_md.remove_leg", "/dev/md0", legs[1])
+    degraded = array_status()
+    assert "degraded" in degraded["state"], degraded
+    assert [leg["state"] for leg in degraded["legs"]].count("missing") == 1, degraded
+
+    # written while the leg is away: only these chunks are dirty in the bitmap
+    guest_run(["dd", "if=/dev/urandom", "of=/dev/md0", "bs=1M", "seek=32", "count=4", "oflag=direct",
+               "status=none"])  # fmt: skip
+    bitmap = guest_run(["mdadm", "--examine-bitmap", legs[0]])["stdout"]
+    bits, dirty = map(int, re.search(r"Bitmap : ([0-9]+) bits \(chunks\), ([0-9]+) dirty", bitmap).groups())
+    assert bits >= 100 and 0 < dirty <= 8, bitmap
+
+    # 1 MB/s: a full resync of 128 MiB would take over two minutes
+    guest_call("xencluster_md.set_sync_speed", "min_kbs=1000", "max_kbs=1000", "md=/dev/md0")
+    started = time.monotonic()
+    back = guest_call("xencluster_md.re_add", "/dev/md0", legs[1])
+    assert back["changed"] is True and back["method"] == "re-add", back
+    clean = wait_until("bitmap resync", lambda: (
+        (s := array_status())["sync"] is None and "degraded" not in s["state"], s), 90, interval=2)
+    took = time.monotonic() - started
+    assert took < 60, f"re-add took {took:.0f} s: a full resync, not a bitmap one? {clean}"
+    assert sorted(leg["state"] for leg in clean["legs"]) == ["active", "active"], clean
+
+    # both legs hold what was written while one was away
+    shas = {leg: sha_of(leg, data_offset_mib(leg) + 32, 4) for leg in legs}
+    assert shas[legs[0]] == shas[legs[1]] == sha_of("/dev/md0", 32, 4), shas
