@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Sequence
 
-from lab import cluster, config, master, nodes, preflight, ssh, wait
+from lab import cluster, config, master, nodes, preflight, ssh, switch, wait
 from lab.errors import LabError
 
 
@@ -71,10 +71,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print(f"{name}: stopped")
             continue
         minion = {True: "answers", False: "silent", None: info["minion_service"] or "?"}[info["minion_answers"]]
+        down = f"  links down: {', '.join(info['links_down'])}" if info.get("links_down") else ""
         _print(f"{name}: pid {info['pid']}  ssh :{info['ssh_port']} {'ok' if info['ssh'] else 'no'}  "
-               f"xl {'ok' if info['xl'] else 'no'}  minion {minion}")
-    san_info, master_info = data["san_switch"], data["master"]
-    _print(f"SAN switch: {'pid ' + str(san_info['pid']) if san_info['alive'] else 'stopped'}")
+               f"xl {'ok' if info['xl'] else 'no'}  minion {minion}{down}")
+    for sw in switch.ALL:
+        info = data[sw.state_key]
+        running = f"pid {info['pid']}{' (hub)' if sw.hub else ''}" if info["alive"] else "stopped"
+        _print(f"{sw.title}: {running}")
+    master_info = data["master"]
     _print(f"master: {'pid ' + str(master_info['pid']) if master_info['alive'] else 'stopped'} "
            f"(127.0.0.1:{master_info['publish_port']}/{master_info['ret_port']})")
     return 0
@@ -82,6 +86,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     cluster.restart(args.node, hard=args.hard, log=_print)
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    cluster.link(args.node, args.nic, args.state == "up", log=_print)
     return 0
 
 
@@ -145,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_ssh)
 
-    p = sub.add_parser("status", help="nodes, SAN switch, master (cheap checks)")
+    p = sub.add_parser("status", help="nodes, switches, master (cheap checks)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -154,7 +163,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hard", action="store_true", help="quit QEMU through its monitor instead of poweroff")
     p.set_defaults(func=cmd_restart)
 
-    p = sub.add_parser("down", help="stop nodes, SAN switch and master")
+    p = sub.add_parser("link", help="pull (down) or plug (up) a node's SAN NIC (2) or service link (3, 4)")
+    p.add_argument("node")
+    p.add_argument("nic", type=int, metavar="NIC", help="2 = SAN, 3 and 4 = service links (eth1, eth2, eth3)")
+    p.add_argument("state", choices=("up", "down"))
+    p.set_defaults(func=cmd_link)
+
+    p = sub.add_parser("down", help="stop nodes, switches and master")
     p.add_argument("--hard", action="store_true", help="quit QEMU through its monitor (2 s) instead of poweroff")
     p.add_argument("--wipe", action="store_true", help="also delete overlays and data disks")
     p.set_defaults(func=cmd_down)

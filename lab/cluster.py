@@ -1,6 +1,7 @@
 """The lab cluster: bring N nodes up (resumably), restart one, stop all, report status.
 
-Python API for fixtures: up(count), ssh(name, argv), restart(name), down(), status().
+Python API for fixtures: up(count), ssh(name, argv), restart(name), link(name, nic, up), down(),
+status().
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-from lab import config, master, nodes, preflight, qemu, san, state, wait
+from lab import config, master, nodes, preflight, qemu, state, switch, wait
 from lab.config import Node
 from lab.errors import LabError
 from lab.procs import Log
@@ -42,7 +43,7 @@ def ssh(node_name: str, argv: Sequence[str] | str, timeout: float = 60, check: b
 
 def _socket_paths(wanted: Sequence[Node]) -> list[Path]:
     # vde plugs create their own sockets inside the switch dir; leave room for them.
-    paths = [config.SAN_SWITCH_SOCK / "ctl", config.SAN_SWITCH_SOCK / ".01234567-00000"]
+    paths = [path for sw in switch.ALL for path in (sw.ctl, sw.sock / ".01234567-00000")]
     for node in wanted:
         paths += [node.monitor, node.console_socket]
     return paths
@@ -83,13 +84,13 @@ def preflight_up(wanted: Sequence[Node], img: Path, plan: dict) -> None:
     )
 
 
-def _record_header(img: Path | None, count: int, san_pid: int) -> None:
+def _record_header(img: Path | None, count: int, switch_pids: dict[switch.Switch, int]) -> None:
     data = state.load()
     if img is not None:  # None: nothing started, the recorded image stays
         data.update({"image_key": img.name, "image_dir": str(img)})
     data.update({
         "node_count": max(count, len(nodes.running())),
-        "san_switch": {"pid": san_pid, "sock": str(config.SAN_SWITCH_SOCK)},
+        **{sw.state_key: {"pid": pid, "sock": str(sw.sock), "hub": sw.hub} for sw, pid in switch_pids.items()},
         "ports": {
             "ssh": {node.name: node.ssh_port for node in config.nodes(count)},
             "master_publish": config.MASTER_PUBLISH_PORT,
@@ -112,7 +113,8 @@ def _start_node(node: Node, img: Path, fresh_reason: str | None, log: Log) -> fl
     image_key = (qemu.read_stamp(node) or {}).get("key", img.name)
     state.update_node(node.name, pid=pid, started_at=started_at, image_key=image_key,
                       ssh_port=node.ssh_port, mgmt_mac=node.mac(1), san_mac=node.mac(2),
-                      san_addr=node.san_addr, boot_to_ready_s=None, ssh_after_s=None)
+                      san_addr=node.san_addr, service_macs=[node.mac(nic) for nic in config.SERVICE_NICS],
+                      links_down=[], boot_to_ready_s=None, ssh_after_s=None)
     made_text = f", new {'/'.join(made)}" if made else ""
     log(f"{node.name}: QEMU started (pid {pid}, ssh 127.0.0.1:{node.ssh_port}{made_text})")
     return started_at
@@ -157,7 +159,7 @@ def _wait_all(waiting: dict[Node, float], booted: dict[Node, float], log: Log) -
 
 
 def up(count: int = config.DEFAULT_NODES, build: bool = False, log: Log = print) -> dict:
-    """Start the SAN switch and nodes 1..count, reuse what runs, wait until all are ready."""
+    """Start the SAN and service switches and nodes 1..count, reuse what runs, wait until all are ready."""
     wanted = config.nodes(count)
     with state.locked("up"):
         preflight.require_root("up")
@@ -169,11 +171,9 @@ def up(count: int = config.DEFAULT_NODES, build: bool = False, log: Log = print)
             plan_disks(plan, img)
             preflight_up(wanted, img, plan)
         config.RUN_DIR.mkdir(parents=True, exist_ok=True)
-        if plan["reuse"] and not san.running(log):
-            log("SAN switch: was not running, so the running nodes lost their SAN link; "
-                "`python -m lab restart NODE` reconnects one")
-        san_pid = san.ensure(log)
-        _record_header(img, count, san_pid)
+        _warn_lost_links(plan["reuse"], log)
+        switch_pids = {sw: switch.ensure(sw, log) for sw in switch.ALL}
+        _record_header(img, count, switch_pids)
         recorded = state.load().get("nodes", {})
         waiting: dict[Node, float] = {}
         booted: dict[Node, float] = {}
@@ -181,6 +181,7 @@ def up(count: int = config.DEFAULT_NODES, build: bool = False, log: Log = print)
             log(f"{node.name}: already running (pid {pid}), reused")
             if plan["start"]:
                 _warn_old_image(node, img, log)
+            _warn_no_service_links(node, pid, log)
             record = recorded.get(node.name, {})
             waiting[node] = record.get("started_at") or time.time()
             if record.get("pid") == pid and record.get("boot_to_ready_s"):
@@ -201,6 +202,23 @@ def _warn_old_image(node: Node, img: Path, log: Log) -> None:
     if stamp.get("key") and stamp["key"] != img.name:
         log(f"{node.name}: runs the older image {stamp['key']} (current {img.name}); "
             "`python -m lab down` then `up` moves it to the current image")
+
+
+def _warn_lost_links(reuse: dict[Node, int], log: Log) -> None:
+    """A switch that died took the running nodes' cables with it: say so before restarting it."""
+    for sw in switch.ALL:
+        if not reuse or switch.running(sw, log):
+            continue
+        plugged = [node.name for node, pid in reuse.items() if sw is not switch.SERVICE or qemu.has_service_links(pid)]
+        if plugged:
+            log(f"{sw.title}: was not running, so the running nodes ({', '.join(plugged)}) lost their "
+                f"{sw.links}; `python -m lab restart NODE` reconnects one")
+
+
+def _warn_no_service_links(node: Node, pid: int, log: Log) -> None:
+    if not qemu.has_service_links(pid):
+        log(f"{node.name}: runs without service links (started by an older lab); "
+            f"`python -m lab restart {node.name}` adds them")
 
 
 def _mention_extra_nodes(wanted: Sequence[Node], log: Log) -> None:
@@ -230,7 +248,8 @@ def restart(name: str, hard: bool = False, log: Log = print) -> dict:
         else:
             log(f"{name}: was not running; starting it")
         preflight.require_free_ports([(node.ssh_port, f"ssh to {name}")])
-        san.ensure(log)
+        for sw in switch.ALL:
+            switch.ensure(sw, log)
         started_at = _start_node(node, img, None, log)
         times = nodes.wait_ready(node, started_at)
         state.update_node(name, **times)
@@ -244,11 +263,31 @@ def restart(name: str, hard: bool = False, log: Log = print) -> dict:
         return result
 
 
+# --- link ----------------------------------------------------------------------------
+
+
+def link(name: str, nic: int, up: bool, log: Log = print) -> dict:
+    """Plug (up) or pull (down) one cable of a running node: its SAN NIC (2) or a
+    service link (3, 4), through QEMU's monitor. dom0 sees the carrier change; QEMU
+    drops the NIC's frames while it is down. A restart of the node plugs everything in."""
+    node = config.node_by_name(name)
+    nic_id = qemu.link_id(nic)
+    if not nodes.pid(node, cleanup=False):
+        raise LabError(f"{name} is not running")
+    qemu.set_link(node, nic_id, up)
+    record = state.load().get("nodes", {}).get(name, {})
+    down = set(record.get("links_down") or [])
+    down = down - {nic_id} if up else down | {nic_id}
+    state.update_node(name, links_down=sorted(down))
+    log(f"{name}: NIC {nic} ({nic_id}, {node.mac(nic)}) link {'up' if up else 'down'}")
+    return {"node": name, "nic": nic, "id": nic_id, "up": up, "links_down": sorted(down)}
+
+
 # --- down ----------------------------------------------------------------------------
 
 
 def down(hard: bool = False, wipe: bool = False, log: Log = print) -> None:
-    """Stop every node we started, the SAN switch and the master; wipe disks if asked."""
+    """Stop every node we started, the switches and the master; wipe disks if asked."""
     with state.locked("down"):
         preflight.require_root("down")
         running = nodes.running(log)
@@ -262,7 +301,8 @@ def down(hard: bool = False, wipe: bool = False, log: Log = print) -> None:
             state.update_node(node.name, pid=None)
         if not running:
             log("nodes: none running")
-        san.stop(log)
+        for sw in switch.ALL:
+            switch.stop(sw, log)
         master.stop(log)
         if wipe:
             _wipe(log)
@@ -275,7 +315,8 @@ def _wipe(log: Log) -> None:
     if forgotten:
         log(f"master: dropped the minion keys of {', '.join(forgotten)} (their overlays are gone)")
     config.CLUSTER_STATE.unlink(missing_ok=True)
-    shutil.rmtree(config.SAN_SWITCH_SOCK, ignore_errors=True)
+    for sw in switch.ALL:
+        shutil.rmtree(sw.sock, ignore_errors=True)
     log(f"wiped {len(removed)} overlay/disk file(s) from {config.RUN_DIR}")
 
 
@@ -308,12 +349,16 @@ def _known_nodes() -> list[Node]:
             if node.name in recorded or node.pidfile.exists() or node.overlay.exists()]
 
 
+def _switch_status(sw: switch.Switch) -> dict:
+    pid = switch.running(sw, cleanup=False)
+    return {"pid": pid, "alive": bool(pid), "sock": str(sw.sock), "hub": sw.hub}
+
+
 def status() -> dict:
     """Cheap, read-only checks with short timeouts."""
     known = _known_nodes()
     with ThreadPoolExecutor(max_workers=max(1, len(known))) as pool:
         node_info = dict(zip((n.name for n in known), pool.map(_node_status, known)))
-    san_pid = san.running(cleanup=False)
     master_pid = master.running(cleanup=False)
     if master_pid:
         alive = [name for name, info in node_info.items() if info["alive"]]
@@ -323,10 +368,13 @@ def status() -> dict:
         except LabError:
             pass
     recorded = state.load()
+    for name, info in node_info.items():
+        if info["alive"]:
+            info["links_down"] = recorded.get("nodes", {}).get(name, {}).get("links_down") or []
     return {
         "image_key": recorded.get("image_key"),
         "nodes": node_info,
-        "san_switch": {"pid": san_pid, "alive": bool(san_pid), "sock": str(config.SAN_SWITCH_SOCK)},
+        **{sw.state_key: _switch_status(sw) for sw in switch.ALL},
         "master": {"pid": master_pid, "alive": bool(master_pid),
                    "publish_port": config.MASTER_PUBLISH_PORT, "ret_port": config.MASTER_RET_PORT},
     }

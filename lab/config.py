@@ -73,7 +73,7 @@ class Node:
         return f"{IQN_PREFIX}:{self.name}"
 
     def mac(self, nic: int) -> str:
-        """nic 1 = management, 2 = SAN, 3.. = service links (later issues)."""
+        """nic 1 = management, 2 = SAN, 3 and 4 = service links (SERVICE_NICS)."""
         return f"52:54:00:00:{self.number:02x}:{nic:02x}"
 
     @property
@@ -134,6 +134,11 @@ def _env_int(name: str, default: int) -> int:
 
 SAN_SWITCH_SOCK = RUN_DIR / "san.vde"  # vde_switch control dir: the nodes' private SAN segment
 SAN_SWITCH_PIDFILE = RUN_DIR / "san.pid"
+# The service segment: each node's two service links (bonded by the product,
+# VLAN-tagged guest traffic). A vde hub, so 802.1Q frames pass untouched (lab/switch.py).
+SERVICE_SWITCH_SOCK = RUN_DIR / "svc.vde"
+SERVICE_SWITCH_PIDFILE = RUN_DIR / "svc.pid"
+SERVICE_NICS = (3, 4)  # eth2 and eth3 in dom0; left unconfigured by the image
 CLUSTER_STATE = RUN_DIR / "cluster.json"
 LOCK_FILE = RUN_DIR / "lab.lock"
 

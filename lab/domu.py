@@ -1,9 +1,11 @@
-"""The lab's probe guest: a tiny PVH initramfs (busybox, mdadm, blkfront/md/raid1).
+"""The lab's probe guest: a tiny PVH initramfs (busybox, mdadm, blkfront/netfront/md/raid1).
 
 Built into the dom0 image at PROBE_INITRD. It boots with the dom0's own kernel,
 mirrors its two disks with md RAID1 and writes a numbered heartbeat to its
 console and its array (lab/files/domu/probe-init), which is what migration tests
-watch. Pure helpers here; lab/image.py runs them against the rootfs.
+watch. Given ``probe.ip=`` (and ``probe.peer=``) on its command line it also
+brings up eth0 and pings the peer on every heartbeat (network tests).
+Pure helpers here; lab/image.py runs them against the rootfs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Callable, Iterable
 
 PROBE_INITRD = "srv/domu/probe-initrd.gz"  # inside the image
 PROBE_INIT = Path(__file__).resolve().parent / "files" / "domu" / "probe-init"
-PROBE_MODULES = ("xen-blkfront", "md-mod", "raid1")
+PROBE_MODULES = ("xen-blkfront", "xen-netfront", "md-mod", "raid1")
 PROBE_DIRS = ("bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "lib", "lib/modules")
 
 # modinfo(module) -> (path of the .ko inside the rootfs, [dependency names])

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,16 +138,55 @@ def minion_config(node: Node, guest: GuestMinion, legs: list[str], memory_mib: i
     }
 
 
-def probe_config(name: str, legs: list[str], node: Node, memory_mib: int = 128) -> dict:
-    """The probe guest: RAID1 over its two legs, a heartbeat every 2 s (lab/domu.py)."""
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def probe_network(vif: tuple[str, str] | None, ip: str | None, peer: str | None) -> tuple[list[str], list[str]]:
+    """The probe guest's NIC: (kernel command line words, xl vif list).
+
+    ``vif`` = (bridge, mac): one netfront NIC (eth0) on that dom0 bridge, e.g. a
+    service VLAN's bridge. ``ip`` = "A.B.C.D/NN" puts that address on eth0;
+    ``peer`` = "A.B.C.D" makes every heartbeat ping it (`` net=ok``/`` net=fail``).
+    """
+    if vif is None:
+        if ip or peer:
+            raise ValueError("probe.ip/probe.peer need a vif (bridge, mac) to put eth0 on")
+        return [], []
+    bridge, mac = vif
+    if not bridge or any(ch in bridge for ch in ", =\t\n"):
+        raise ValueError(f"not a bridge name: {bridge!r}")
+    if not MAC_RE.match(mac.lower()) or int(mac[:2], 16) & 1:
+        raise ValueError(f"not a unicast MAC address: {mac!r}")
+    words = []
+    if ip is not None:
+        if "/" not in ip:
+            raise ValueError(f"probe ip needs a prefix length, e.g. 10.20.0.2/24: {ip!r}")
+        interface = ipaddress.IPv4Interface(ip)  # ValueError on anything else
+        words.append(f"probe.ip={interface.with_prefixlen}")
+    if peer is not None:
+        if ip is None:
+            raise ValueError("probe.peer needs probe.ip: the guest cannot ping without an address")
+        words.append(f"probe.peer={ipaddress.IPv4Address(peer)}")
+    return words, [f"mac={mac.lower()},bridge={bridge}"]
+
+
+def probe_config(name: str, legs: list[str], node: Node, memory_mib: int = 128, *,
+                 vif: tuple[str, str] | None = None, ip: str | None = None,
+                 peer: str | None = None) -> dict:
+    """The probe guest: RAID1 over its two legs, a heartbeat every 2 s (lab/domu.py).
+
+    With ``vif`` (bridge, mac) it gets one NIC; with ``ip``/``peer`` its init brings
+    it up and reports the peer's reachability in each heartbeat (probe_network).
+    """
     if len(legs) != 2:
         raise ValueError("the probe guest mirrors exactly two legs")
-    return {
+    net_words, vifs = probe_network(vif, ip, peer)
+    xl = {
         "name": name,
         "type": "pvh",
         "kernel": f"/boot/vmlinuz-{kernel_abi(node)}",
         "ramdisk": PROBE_RAMDISK,
-        "extra": "console=hvc0 loglevel=4",
+        "extra": " ".join(["console=hvc0 loglevel=4", *net_words]),
         "memory": memory_mib,
         "maxmem": memory_mib,
         "vcpus": 1,
@@ -153,3 +194,6 @@ def probe_config(name: str, legs: list[str], node: Node, memory_mib: int = 128) 
         "disk": [f"phy:{legs[0]},xvda,w", f"phy:{legs[1]},xvdb,w"],
         "on_crash": "preserve",
     }
+    if vifs:
+        xl["vif"] = vifs
+    return xl

@@ -735,7 +735,9 @@ class Builder:
 
     def configure_network(self) -> None:
         """systemd-networkd, static, matched on the QEMU MACs: one image for every node.
-        Type=ether keeps a bond/bridge/VLAN that inherits a NIC's MAC from matching too."""
+        Type=ether keeps a bond/bridge/VLAN that inherits a NIC's MAC from matching too.
+        The service links (nics 3 and 4, eth2 and eth3) match nothing here on purpose:
+        the product's formula bonds them and puts the VLAN bridges on top."""
         every = [config.Node(n) for n in range(1, config.MAX_NODES + 1)]
         no_autoconf = "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
         self.write("etc/systemd/network/10-lab-mgmt.network", (

@@ -3,7 +3,9 @@
 Xen boots as a multiboot kernel under TCG (KVM hangs on these hosts); dom0's kernel
 and initrd are multiboot modules. Each node gets a qcow2 overlay on the shared
 read-only base.raw, two sparse data disks, a slirp management NIC (ssh and the
-master's ports forwarded on loopback only) and a NIC on the vde SAN switch.
+master's ports forwarded on loopback only), a NIC on the vde SAN switch and two
+service links on the vde service hub (lab/switch.py). The SAN and service NICs have
+QEMU ids, so a test can pull their cable: set_link().
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from lab import config
 from lab.config import Node
 from lab.errors import LabError
 from lab.preflight import parse_size, require_tools
-from lab.procs import is_ours, read_pid
+from lab.procs import cmdline, is_ours, read_pid
 
 QEMU = "qemu-system-x86_64"
+# QEMU device id of each NIC `set_link` may take down, by NIC number (Node.mac(nic)).
+# The management NIC (1) has none: the lab reaches its nodes through it.
+LINK_IDS = {2: "san0", 3: "svc1", 4: "svc2"}
 IMAGE_FILES = ("base.raw", "xen.bin", "vmlinuz", "initrd.img", "id_ed25519")
 DATA_DISKS = (1, 2)
 
@@ -96,14 +101,21 @@ def node_argv(node: Node, img: Path) -> list[str]:
     # After the data disks, so they stay vdb/vdc. The lab guest minion's root disk:
     # dom0 sees it as /dev/disk/by-id/virtio-n<N>groot.
     argv += _disk(node.guest_root, "qcow2", "groot", f"n{n}groot")
+    # NIC order is PCI slot order, so dom0 (net.ifnames=0) names them eth0..eth3.
     argv += [
         "-netdev", mgmt_netdev(node),
         "-device", f"virtio-net-pci,netdev=mgmt,mac={node.mac(1)}",
         "-netdev", f"vde,id=san,sock={config.SAN_SWITCH_SOCK}",
-        "-device", f"virtio-net-pci,netdev=san,mac={node.mac(2)}",
-        "-pidfile", str(node.pidfile),
-        "-daemonize",
+        "-device", f"virtio-net-pci,netdev=san,mac={node.mac(2)},id={LINK_IDS[2]}",
     ]
+    for nic in config.SERVICE_NICS:
+        # Distinct netdev and device ids: set_link acts on every net client of that name.
+        link = LINK_IDS[nic]
+        argv += [
+            "-netdev", f"vde,id={link}net,sock={config.SERVICE_SWITCH_SOCK}",
+            "-device", f"virtio-net-pci,netdev={link}net,mac={node.mac(nic)},id={link}",
+        ]
+    argv += ["-pidfile", str(node.pidfile), "-daemonize"]
     return argv
 
 
@@ -328,6 +340,50 @@ def _read_until_prompt(conn: socket.socket, timeout: float) -> str:
             break
         data += chunk
     return data.decode(errors="replace")
+
+
+def has_service_links(pid: int) -> bool:
+    """The running QEMU has the service NICs (a node started by an older lab has not)."""
+    parts = {part for arg in cmdline(pid) or [] if arg.startswith("virtio-net-pci,") for part in arg.split(",")}
+    return all(f"id={LINK_IDS[nic]}" in parts for nic in config.SERVICE_NICS)
+
+
+def link_id(nic: int) -> str:
+    """The QEMU device id of NIC number ``nic`` (2 = SAN, 3 and 4 = service links)."""
+    try:
+        return LINK_IDS[nic]
+    except KeyError:
+        raise LabError(f"NIC {nic} cannot be taken down: choose one of "
+                       f"{', '.join(str(n) for n in LINK_IDS)} (1 is the management link the lab uses)") from None
+
+
+def set_link(node: Node, nic_id: str, up: bool) -> None:
+    """Pull or plug a NIC's cable (HMP ``set_link``): the guest sees its carrier go, and
+    QEMU drops every frame to and from that NIC until the link is up again."""
+    command = f"set_link {nic_id} {'on' if up else 'off'}"
+    try:
+        reply = monitor(node, command)
+    except OSError as exc:
+        raise LabError(f"{node.name}: cannot reach its QEMU monitor {node.monitor}: {exc}") from exc
+    if "(qemu) " not in reply:
+        raise LabError(f"{node.name}: no answer from its QEMU monitor to `{command}`")
+    error = monitor_error(reply)
+    if error:
+        hint = ""
+        if "not found" in error:
+            hint = (f" (a node started before the lab had this link; "
+                    f"`python -m lab restart {node.name}` adds it)")
+        raise LabError(f"{node.name}: `{command}` failed: {error}{hint}")
+
+
+def monitor_error(reply: str) -> str | None:
+    """The error line in an HMP reply, if any (a successful set_link prints nothing)."""
+    for line in reply.splitlines():
+        for marker in ("Error:", "unknown command"):
+            at = line.find(marker)
+            if at >= 0:  # after any readline echo or escape codes on that line
+                return line[at:].replace("(qemu) ", "").strip()
+    return None
 
 
 def quit_via_monitor(node: Node) -> bool:

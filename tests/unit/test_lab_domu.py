@@ -12,6 +12,7 @@ MODINFO = {
     "raid1": ("/lib/modules/k/kernel/drivers/md/raid1.ko", ["md-mod"]),
     "md-mod": ("/lib/modules/k/kernel/drivers/md/md-mod.ko", []),
     "xen-blkfront": ("/lib/modules/k/kernel/drivers/block/xen-blkfront.ko", []),
+    "xen-netfront": ("/lib/modules/k/kernel/drivers/net/xen-netfront.ko", []),
 }
 
 
@@ -19,6 +20,12 @@ def test_module_order_puts_dependencies_first_once():
     order = domu.module_order(["xen-blkfront", "raid1", "md-mod"], MODINFO.__getitem__)
     names = [p.rsplit("/", 1)[1] for p in order]
     assert names == ["xen-blkfront.ko", "md-mod.ko", "raid1.ko"]
+
+
+def test_probe_modules_include_the_network_frontend():
+    order = domu.module_order(domu.PROBE_MODULES, MODINFO.__getitem__)
+    names = [p.rsplit("/", 1)[1] for p in order]
+    assert names == ["xen-blkfront.ko", "xen-netfront.ko", "md-mod.ko", "raid1.ko"]
 
 
 def test_module_order_refuses_a_cycle():
@@ -112,3 +119,40 @@ def test_probe_init_script_mirrors_and_beats():
     assert text.startswith("#!/bin/busybox sh\n")
     assert "--bitmap=internal" in text and "HB $n" in text
     assert domu.PROBE_INIT.stat().st_mode & 0o111
+
+
+def test_probe_init_script_brings_up_the_network_only_when_asked():
+    text = domu.PROBE_INIT.read_text()
+    assert "probe_arg probe.ip" in text and "probe_arg probe.peer" in text
+    assert 'ip addr add "$addr" dev eth0' in text and "ip link set eth0 up" in text
+    assert "ping -c 1 -W 1" in text
+    # the heartbeat keeps its "HB <n> " prefix; the net status goes at the end
+    assert 'msg="HB $n md=' in text and 'msg="$msg$(net_status "$peer")"' in text
+
+
+def _probe_shell(script: str, path: str | None = None) -> subprocess.CompletedProcess:
+    """Run `script` in a POSIX sh that has sourced the probe init's functions (and nothing else)."""
+    env = {"PROBE_FUNCTIONS_ONLY": "1", "PATH": path or "/usr/bin:/bin"}
+    return subprocess.run(["sh", "-c", f". {domu.PROBE_INIT}\n{script}"], env=env,
+                          capture_output=True, text=True, timeout=10)
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no POSIX sh")
+def test_probe_arg_reads_the_kernel_command_line():
+    line = "console=hvc0 loglevel=4 probe.ip=10.20.0.2/24 probe.peer=10.20.0.3"
+    proc = _probe_shell(f'probe_arg probe.ip "{line}"; probe_arg probe.peer "{line}"; '
+                        f'probe_arg probe.nope "{line}" || echo absent; probe_arg probe.ip "probe.ipx=1" || echo absent')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["10.20.0.2/24", "10.20.0.3", "absent", "absent"]
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no POSIX sh")
+@pytest.mark.parametrize("ping_rc, word", [(0, " net=ok"), (1, " net=fail")])
+def test_net_status_is_one_ping_with_a_one_second_timeout(tmp_path, ping_rc, word):
+    fake = tmp_path / "ping"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nexit {ping_rc}\n')
+    fake.chmod(0o755)
+    proc = _probe_shell('printf "HB 7 md=x%s\\n" "$(net_status 10.20.0.3)"', path=f"{tmp_path}:/usr/bin:/bin")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"HB 7 md=x{word}\n"
+    assert (tmp_path / "args").read_text().split() == ["-c", "1", "-W", "1", "10.20.0.3"]

@@ -345,3 +345,27 @@ def test_failed_command_reports_command_and_output_tail(tmp_path, monkeypatch):
     assert "rc=3" in str(error) and "sys.exit(3)" in str(error) and "\n" not in str(error)
     assert error.details.splitlines() == [f"line {i}" for i in range(70, 100)]
     assert "line 0\n" in builder.logfile.read_text()  # the full output is in the build log
+
+
+def test_networkd_files_leave_the_service_links_to_the_product(tmp_path, monkeypatch):
+    """eth2/eth3 (nics 3 and 4) match no lab .network file: the product's formula bonds them."""
+    monkeypatch.setattr(image, "LOGS_DIR", tmp_path)
+    builder = image.Builder("k", {"sources": []}, log=lambda message: None)
+    builder.rootfs = tmp_path / "rootfs"
+    builder.configure_network()
+    written = sorted((builder.rootfs / "etc" / "systemd" / "network").glob("*.network"))
+    shipped = sorted((image.FILES_DIR / "rootfs" / "etc" / "systemd" / "network").glob("*.network"))
+    assert written and shipped
+    every = [config.Node(n) for n in range(1, config.MAX_NODES + 1)]
+    service_macs = {node.mac(nic) for node in every for nic in config.SERVICE_NICS}
+    for path in written + shipped:
+        text = path.read_text()
+        match = text.split("[Match]", 1)[1].split("\n[", 1)[0]
+        macs = {word for line in match.splitlines() if line.startswith("MACAddress=")
+                for word in line.split("=", 1)[1].split()}
+        names = [line.split("=", 1)[1] for line in match.splitlines() if line.startswith("Name=")]
+        assert macs or names, f"{path.name} matches every link"
+        assert not macs & service_macs, path.name
+        assert not any(name.startswith("eth") or "*" in name for name in names), path.name
+    mgmt = (builder.rootfs / "etc/systemd/network/10-lab-mgmt.network").read_text()
+    assert f"MACAddress={' '.join(node.mac(1) for node in every)}\n" in mgmt  # listed, not a wildcard

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import config, master, preflight, procs, qemu, san, ssh, state, wait
+from lab import config, master, preflight, procs, qemu, ssh, state, switch, wait
 from lab.config import Node
 from lab.errors import LabError, PreflightError, WaitTimeout
 
@@ -25,6 +27,7 @@ def lab_dirs(tmp_path, monkeypatch):
     patches = {
         "LAB_DIR": tmp_path, "RUN_DIR": run, "MASTER_DIR": mdir,
         "SAN_SWITCH_SOCK": run / "san.vde", "SAN_SWITCH_PIDFILE": run / "san.pid",
+        "SERVICE_SWITCH_SOCK": run / "svc.vde", "SERVICE_SWITCH_PIDFILE": run / "svc.pid",
         "CLUSTER_STATE": run / "cluster.json", "LOCK_FILE": run / "lab.lock",
         "MASTER_ETC": mdir / "etc", "MASTER_ROOT": mdir / "r", "MASTER_EXT": mdir / "ext",
         "MASTER_PIDFILE": mdir / "r" / "master.pid", "MASTER_LOG": mdir / "r" / "master.log",
@@ -34,7 +37,6 @@ def lab_dirs(tmp_path, monkeypatch):
     monkeypatch.setattr(master, "CONFIG_FILE", mdir / "etc" / "master")
     monkeypatch.setattr(master, "PKI_DIR", mdir / "r" / "pki")
     monkeypatch.setattr(master, "SOCK_DIR", mdir / "r" / "sock")
-    monkeypatch.setattr(san, "CTL", run / "san.vde" / "ctl")
     return tmp_path
 
 
@@ -251,6 +253,44 @@ def test_node_argv_has_the_facts_that_work(lab_dirs):
     assert "0.0.0.0" not in joined and "hostfwd=tcp::" not in joined
 
 
+def _netdevs_and_nics(argv: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """-netdev TYPE,id=X,... by id, and the virtio-net-pci -device options, in order."""
+    netdevs, nics = {}, []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-netdev":
+            kind, *rest = value.split(",")
+            options = dict(part.split("=", 1) for part in rest if "=" in part)
+            netdevs[options["id"]] = f"{kind},{value.split(',', 1)[1]}"
+        elif flag == "-device" and value.startswith("virtio-net-pci,"):
+            nics.append(dict(part.split("=", 1) for part in value.split(",")[1:]))
+    return netdevs, nics
+
+
+def test_node_has_two_service_links_on_the_service_switch(lab_dirs):
+    node = Node(2)
+    netdevs, nics = _netdevs_and_nics(qemu.node_argv(node, Path("/img")))
+    # eth0 mgmt, eth1 SAN, eth2 + eth3 the service links: PCI order is argv order
+    assert [nic["mac"] for nic in nics] == [node.mac(n) for n in (1, 2, 3, 4)]
+    assert [nic.get("id") for nic in nics] == [None, "san0", "svc1", "svc2"]
+    service = lab_dirs / "run" / "svc.vde"
+    for nic in nics[2:]:
+        assert netdevs[nic["netdev"]] == f"vde,id={nic['netdev']},sock={service}"
+        assert nic["netdev"] != nic["id"]  # set_link acts on every net client with that name
+    assert netdevs[nics[1]["netdev"]] == f"vde,id=san,sock={lab_dirs / 'run' / 'san.vde'}"
+    assert node.mac(3) == "52:54:00:00:02:03" and node.mac(4) == "52:54:00:00:02:04"
+
+
+def test_running_qemu_with_and_without_service_links(lab_dirs, monkeypatch):
+    argv = qemu.node_argv(Node(1), Path("/img"))
+    monkeypatch.setattr(qemu, "cmdline", lambda pid: argv)
+    assert qemu.has_service_links(1234)
+    older = [arg for arg in argv if "svc" not in arg]  # a node an older lab started
+    monkeypatch.setattr(qemu, "cmdline", lambda pid: older)
+    assert not qemu.has_service_links(1234)
+    monkeypatch.setattr(qemu, "cmdline", lambda pid: None)
+    assert not qemu.has_service_links(1234)
+
+
 def test_qemu_markers_are_specific_to_one_node(lab_dirs):
     argv1 = " ".join(qemu.node_argv(Node(1), Path("/img")))
     assert all(marker in argv1 for marker in qemu.markers(Node(1)))
@@ -376,14 +416,162 @@ def test_monitor_quit_without_a_monitor_says_so(lab_dirs):
     assert qemu.quit_via_monitor(Node(1)) is False
 
 
+def _fake_monitor(node: Node, answer: bytes) -> tuple[threading.Thread, list[bytes], socket.socket]:
+    """A QEMU HMP monitor on the node's socket: banner, then `answer` to one command."""
+    received: list[bytes] = []
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(node.monitor))
+    server.listen()
+
+    def fake_qemu():
+        conn, _ = server.accept()
+        conn.sendall(b"QEMU 7.2.0 monitor - type 'help' for more information\r\n(qemu) ")
+        command = conn.recv(100)
+        received.append(command)
+        conn.sendall(command.replace(b"\n", b"\r\n") + answer + b"(qemu) ")  # HMP echoes the line
+        conn.close()
+
+    thread = threading.Thread(target=fake_qemu)
+    thread.start()
+    return thread, received, server
+
+
+@pytest.mark.parametrize("up, word", [(False, "off"), (True, "on")])
+def test_set_link_sends_the_hmp_command(lab_dirs, up, word):
+    node = Node(1)
+    thread, received, server = _fake_monitor(node, b"")
+    qemu.set_link(node, "svc1", up)
+    thread.join(5)
+    server.close()
+    assert received == [f"set_link svc1 {word}\n".encode()]
+
+
+def test_set_link_of_an_unknown_nic_is_an_error_with_a_hint(lab_dirs):
+    node = Node(2)
+    thread, _, server = _fake_monitor(node, b"Error: Device 'svc2' not found\r\n")
+    with pytest.raises(LabError, match=r"node2: `set_link svc2 off` failed: Error: Device 'svc2' not found .*restart node2"):
+        qemu.set_link(node, "svc2", False)
+    thread.join(5)
+    server.close()
+
+
+def test_set_link_without_a_monitor_says_so(lab_dirs):
+    with pytest.raises(LabError, match="node1: cannot reach its QEMU monitor"):
+        qemu.set_link(Node(1), "svc1", False)
+
+
+def test_link_ids_by_nic_number():
+    assert [qemu.link_id(nic) for nic in (2, 3, 4)] == ["san0", "svc1", "svc2"]
+    for nic in (0, 1, 5):  # 1 is the management link: never taken down
+        with pytest.raises(LabError, match="choose one of 2, 3, 4"):
+            qemu.link_id(nic)
+
+
+def test_monitor_error_finds_the_error_after_echo_and_escapes():
+    assert qemu.monitor_error("set_link svc1 off\r\n(qemu) ") is None
+    assert qemu.monitor_error("\x1b[Kset_link x off\r\nError: Device 'x' not found\r\n(qemu) ") == (
+        "Error: Device 'x' not found")
+    assert qemu.monitor_error("unknown command: 'set_lnk'\r\n") == "unknown command: 'set_lnk'"
+
+
 # --- SAN switch, ssh -----------------------------------------------------------------
 
 
 def test_san_switch_argv_stays_in_run_dir(lab_dirs):
-    argv = san.argv()
+    argv = switch.argv(switch.SAN)
     assert argv[:3] == ["vde_switch", "--sock", str(lab_dirs / "run" / "san.vde")]
     assert "--daemon" in argv and str(lab_dirs / "run" / "san.pid") in argv
-    assert all(marker in " ".join(argv) for marker in san.markers())
+    assert "--hub" not in argv  # the SAN stays a learning switch (untagged traffic only)
+    assert all(marker in " ".join(argv) for marker in switch.markers(switch.SAN))
+
+
+def test_service_switch_is_a_hub_with_its_own_dir_and_pidfile(lab_dirs):
+    argv = switch.argv(switch.SERVICE)
+    assert argv[:3] == ["vde_switch", "--sock", str(lab_dirs / "run" / "svc.vde")]
+    # a vde switch drops 802.1Q frames on ports not configured as members of that VLAN;
+    # a hub forwards every frame untouched
+    assert "--hub" in argv
+    assert argv[argv.index("--pidfile") + 1] == str(lab_dirs / "run" / "svc.pid") and "--daemon" in argv
+    assert all(marker in " ".join(argv) for marker in switch.markers(switch.SERVICE))
+    # the markers tell the two switches apart
+    assert not all(marker in " ".join(argv) for marker in switch.markers(switch.SAN))
+
+
+def test_switches_ignore_the_hosts_vde_rc_files(lab_dirs):
+    for sw in switch.ALL:
+        argv = switch.argv(sw)
+        assert argv[argv.index("--rcfile") + 1] == "/dev/null"
+
+
+def test_switch_paths_follow_the_lab_dir(lab_dirs):
+    assert switch.SAN.ctl == lab_dirs / "run" / "san.vde" / "ctl"
+    assert switch.SERVICE.ctl == lab_dirs / "run" / "svc.vde" / "ctl"
+    assert [sw.state_key for sw in switch.ALL] == ["san_switch", "service_switch"]
+
+
+@pytest.mark.skipif(not shutil.which("vde_switch") or not shutil.which("vde_plug"),
+                    reason="vde2/vdeplug are not installed")
+@pytest.mark.parametrize("sw, forwards_tagged", [(switch.SAN, False), (switch.SERVICE, True)],
+                         ids=["san-switch", "service-hub"])
+def test_a_real_vde_switch_forwards_vlan_tagged_frames_only_as_a_hub(tmp_path, sw, forwards_tagged):
+    """The reason the service segment is a hub, checked against the installed vde_switch.
+
+    Its own switch in tmp_path (never the lab's), two plugs, one broadcast frame each way.
+    """
+    argv = switch.argv(sw)
+    sock, pidfile = tmp_path / "sw", tmp_path / "sw.pid"
+    argv[argv.index("--sock") + 1] = str(sock)
+    argv[argv.index("--pidfile") + 1] = str(pidfile)
+    subprocess.run(argv, check=True, timeout=10)
+    plugs = []
+    try:
+        wait.until(lambda: ((sock / "ctl").exists() and pidfile.exists(), "starting"), what="vde_switch",
+                   timeout=10, interval=0.1)
+        plugs = [subprocess.Popen(["vde_plug", f"vde://{sock}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                 for _ in range(2)]
+        untagged = _frame(b"\x08\x00", 60)
+        tagged = _frame(b"\x81\x00\x00\x0a\x08\x00", 1518)  # VLAN 10, full-size: 1500 + 14 + 4
+        # Until both plugs are connected, frames are lost: resend the untagged one until it arrives.
+        wait.until(lambda: (_through(plugs, untagged, timeout=0.2) == untagged, "no frame yet"),
+                   what="an untagged frame through the switch", timeout=10, interval=0.1)
+        while _through(plugs, None, timeout=0.3) is not None:  # drain the resent copies
+            pass
+        assert _through(plugs, tagged) == (tagged if forwards_tagged else None)
+    finally:
+        for plug in plugs:
+            plug.kill()
+            plug.wait()
+        pid = procs.read_pid(pidfile)
+        if pid and procs.is_ours(pid, ["vde_switch", str(sock)]):
+            procs.terminate(pid, ["vde_switch", str(sock)])
+
+
+def _frame(ethertype: bytes, size: int) -> bytes:
+    head = b"\xff" * 6 + bytes.fromhex("525400000103") + ethertype
+    return head + bytes(size - len(head))
+
+
+def _through(plugs: list[subprocess.Popen], frame: bytes | None, timeout: float = 2.0) -> bytes | None:
+    """Send one frame into plug 0 (vde_plug's stdio: 2-byte length, frame); what plug 1 gets."""
+    if frame is not None:
+        plugs[0].stdin.write(len(frame).to_bytes(2, "big") + frame)
+        plugs[0].stdin.flush()
+    out = plugs[1].stdout.fileno()
+    ready, _, _ = select.select([out], [], [], timeout)
+    if not ready:
+        return None
+    length = int.from_bytes(_read_exactly(out, 2), "big")
+    return _read_exactly(out, length)
+
+
+def _read_exactly(fd: int, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = os.read(fd, count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_ssh_argv_is_batch_loopback_and_quotes_argv():

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lab import __main__ as cli
-from lab import cluster, config, master, nodes, preflight, qemu, san, state
+from lab import cluster, config, master, nodes, preflight, qemu, state, switch
 from lab.config import Node
 from lab.errors import LabError, PreflightError
 
@@ -22,17 +22,18 @@ def fake_lab(lab_dirs, monkeypatch):  # noqa: F811
     """A lab where the image exists, we are root, tools exist, and nothing really starts."""
     img = _fake_image(lab_dirs)
     running: dict[str, int] = {}
-    calls = {"san": 0, "started": [], "waited": [], "stopped": [], "fail_start": set(), "san_pid": None}
+    calls = {"san": 0, "service": 0, "started": [], "waited": [], "stopped": [], "fail_start": set(),
+             "switch_pids": {}, "switches_stopped": []}
 
     monkeypatch.setattr(preflight.os, "geteuid", lambda: 0)
     monkeypatch.setattr(preflight.shutil, "which", lambda tool: "/usr/bin/" + tool)
     monkeypatch.setattr(cluster, "image_dir", lambda build=False, log=print: img)
     monkeypatch.setattr(nodes, "pid", lambda node, log=None, cleanup=True: running.get(node.name))
 
-    def fake_san(log):
-        calls["san"] += 1
-        calls["san_pid"] = 4242
-        return 4242
+    def fake_switch(sw, log):
+        calls[sw.key] += 1
+        calls["switch_pids"][sw.key] = 4242 if sw is switch.SAN else 4343
+        return calls["switch_pids"][sw.key]
 
     def fake_prepare(node, image):
         node.overlay.write_bytes(b"qcow2")
@@ -55,9 +56,10 @@ def fake_lab(lab_dirs, monkeypatch):  # noqa: F811
         running.pop(node.name, None)
         return {"stopped": True, "how": "monitor quit" if hard else "graceful poweroff", "seconds": 1.0}
 
-    monkeypatch.setattr(san, "ensure", fake_san)
-    monkeypatch.setattr(san, "stop", lambda log: None)
-    monkeypatch.setattr(san, "running", lambda log=None, cleanup=True: calls["san_pid"])
+    monkeypatch.setattr(switch, "ensure", fake_switch)
+    monkeypatch.setattr(switch, "stop", lambda sw, log: calls["switches_stopped"].append(sw.key))
+    monkeypatch.setattr(switch, "running", lambda sw, log=None, cleanup=True: calls["switch_pids"].get(sw.key))
+    monkeypatch.setattr(qemu, "has_service_links", lambda pid: True)
     monkeypatch.setattr(master, "stop", lambda log: False)
     monkeypatch.setattr(master, "running", lambda log=None, cleanup=True: None)
     monkeypatch.setattr(qemu, "prepare_disks", fake_prepare)
@@ -80,8 +82,12 @@ def test_up_starts_all_nodes_and_records_them(fake_lab):
     said = []
     data = cluster.up(2, log=said.append)
     assert fake_lab["calls"]["started"] == ["node1", "node2"]
-    assert fake_lab["calls"]["san"] == 1
+    assert fake_lab["calls"]["san"] == 1 and fake_lab["calls"]["service"] == 1
     recorded = json.loads((fake_lab["dir"] / "run" / "cluster.json").read_text())
+    assert recorded["san_switch"]["pid"] == 4242 and recorded["san_switch"]["hub"] is False
+    assert recorded["service_switch"] == {"pid": 4343, "sock": str(fake_lab["dir"] / "run" / "svc.vde"), "hub": True}
+    assert recorded["nodes"]["node2"]["service_macs"] == ["52:54:00:00:02:03", "52:54:00:00:02:04"]
+    assert recorded["nodes"]["node2"]["links_down"] == []
     assert recorded["image_key"] == "key1"
     assert recorded["nodes"]["node1"]["pid"] == 1001 and recorded["nodes"]["node2"]["boot_to_ready_s"] == 55.0
     assert recorded["ports"]["ssh"]["node2"] == config.SSH_PORT_BASE + 2
@@ -186,6 +192,7 @@ def test_down_stops_only_running_nodes_and_wipes_on_request(fake_lab, monkeypatc
     said = []
     cluster.down(hard=True, wipe=True, log=said.append)
     assert sorted(fake_lab["calls"]["stopped"]) == ["node1", "node2"]
+    assert fake_lab["calls"]["switches_stopped"] == ["san", "service"]
     assert "node1: stopped by monitor quit in 1.0 s" in said
     assert not Node(1).overlay.exists() and not (fake_lab["dir"] / "run" / "cluster.json").exists()
 
@@ -221,6 +228,8 @@ def test_restart_of_a_node_without_overlay_points_to_up(fake_lab):
 def test_status_with_nothing_running(lab_dirs):  # noqa: F811
     data = cluster.status()
     assert data["nodes"] == {} and data["master"]["alive"] is False and data["san_switch"]["alive"] is False
+    assert data["service_switch"] == {"pid": None, "alive": False, "hub": True,
+                                      "sock": str(config.SERVICE_SWITCH_SOCK)}
 
 
 # --- node stop ladder ----------------------------------------------------------------
@@ -292,7 +301,7 @@ def test_cli_node_count_is_bounded(capsys):
 def test_cli_status_json(lab_dirs, capsys):  # noqa: F811
     assert cli.main(["status", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) >= {"nodes", "san_switch", "master"}
+    assert set(data) >= {"nodes", "san_switch", "service_switch", "master"}
 
 
 def test_cli_logs_tail(lab_dirs, capsys):  # noqa: F811
@@ -303,7 +312,7 @@ def test_cli_logs_tail(lab_dirs, capsys):  # noqa: F811
 
 def test_up_with_every_node_running_needs_no_image(fake_lab, monkeypatch):
     fake_lab["running"].update(node1=771, node2=772)
-    fake_lab["calls"]["san_pid"] = 4242
+    fake_lab["calls"]["switch_pids"].update(san=4242, service=4343)
     monkeypatch.setattr(cluster, "image_dir", lambda build=False, log=print: pytest.fail("image not needed"))
     said = []
     cluster.up(2, log=said.append)
@@ -334,3 +343,102 @@ def test_up_says_when_running_nodes_lost_their_san_switch(fake_lab):
     said = []
     cluster.up(1, log=said.append)
     assert any("lost their SAN link" in line for line in said)
+
+
+def test_up_says_which_switch_the_running_nodes_lost(fake_lab):
+    fake_lab["running"]["node1"] = 771
+    fake_lab["calls"]["switch_pids"]["san"] = 4242  # only the service switch is gone
+    said = []
+    cluster.up(1, log=said.append)
+    lost = [line for line in said if "lost their" in line]
+    assert lost == ["service switch: was not running, so the running nodes (node1) lost their service links; "
+                    "`python -m lab restart NODE` reconnects one"]
+    assert fake_lab["calls"]["service"] == 1
+
+
+def test_up_names_a_running_node_without_service_links(fake_lab, monkeypatch):
+    fake_lab["running"]["node1"] = 771
+    fake_lab["calls"]["switch_pids"].update(san=4242)
+    monkeypatch.setattr(qemu, "has_service_links", lambda pid: False)
+    said = []
+    cluster.up(1, log=said.append)
+    assert ("node1: runs without service links (started by an older lab); "
+            "`python -m lab restart node1` adds them") in said
+    # it never had service links, so it lost none when the service switch was missing
+    assert not any("lost their service links" in line for line in said)
+
+
+def test_restart_starts_both_switches(fake_lab):
+    cluster.up(1, log=lambda line: None)
+    cluster.restart("node1", log=lambda line: None)
+    assert fake_lab["calls"]["san"] == 2 and fake_lab["calls"]["service"] == 2
+
+
+# --- link ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def linked(fake_lab, monkeypatch):
+    cluster.up(2, log=lambda line: None)
+    sent = []
+    monkeypatch.setattr(qemu, "set_link", lambda node, nic_id, up: sent.append((node.name, nic_id, up)))
+    return sent
+
+
+def test_link_down_and_up_through_the_monitor_and_recorded(linked):
+    said = []
+    result = cluster.link("node1", 3, False, log=said.append)
+    assert linked == [("node1", "svc1", False)]
+    assert result["links_down"] == ["svc1"] and said == ["node1: NIC 3 (svc1, 52:54:00:00:01:03) link down"]
+    cluster.link("node1", 4, False, log=said.append)
+    assert state.load()["nodes"]["node1"]["links_down"] == ["svc1", "svc2"]
+    cluster.link("node1", 3, True, log=said.append)
+    assert state.load()["nodes"]["node1"]["links_down"] == ["svc2"]
+    assert linked[-1] == ("node1", "svc1", True)
+
+
+def test_restart_plugs_every_link_back_in(linked):
+    cluster.link("node2", 4, False, log=lambda line: None)
+    cluster.restart("node2", log=lambda line: None)
+    assert state.load()["nodes"]["node2"]["links_down"] == []
+
+
+def test_link_refuses_the_management_nic_and_stopped_nodes(linked):
+    with pytest.raises(LabError, match="NIC 1 cannot be taken down"):
+        cluster.link("node1", 1, False)
+    with pytest.raises(LabError, match="node3 is not running"):
+        cluster.link("node3", 3, False)
+    assert linked == []
+
+
+def test_cli_link(linked, capsys):
+    assert cli.main(["link", "node2", "4", "down"]) == 0
+    assert linked == [("node2", "svc2", False)]
+    assert "node2: NIC 4 (svc2, 52:54:00:00:02:04) link down" in capsys.readouterr().out
+    assert cli.main(["link", "node2", "1", "down"]) == 1
+    assert "lab: error: NIC 1 cannot be taken down" in capsys.readouterr().err
+
+
+def test_cli_link_needs_up_or_down(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse(["link", "node1", "3", "off"])
+    assert "invalid choice: 'off'" in capsys.readouterr().err
+
+
+def test_cli_status_shows_both_switches_and_links_down(linked, monkeypatch, capsys):
+    cluster.link("node1", 3, False, log=lambda line: None)
+    monkeypatch.setattr(cluster, "_node_status", lambda node: {
+        "pid": 1000 + node.number, "alive": True, "ssh_port": node.ssh_port, "ssh": True, "xl": True,
+        "minion_service": "active", "minion_answers": None})
+    monkeypatch.setattr(switch, "running", lambda sw, log=None, cleanup=True: 4343 if sw is switch.SERVICE else None)
+    assert cli.main(["status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("node1: ") and line.endswith("links down: svc1") for line in out)
+    assert not any(line.startswith("node2: ") and "links down" in line for line in out)
+    assert "SAN switch: stopped" in out and "service switch: pid 4343 (hub)" in out
+
+
+def test_socket_path_preflight_covers_both_switches(lab_dirs):  # noqa: F811
+    paths = cluster._socket_paths([Node(1)])
+    for sock in ("san.vde", "svc.vde"):
+        assert lab_dirs / "run" / sock / "ctl" in paths
