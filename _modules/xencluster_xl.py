@@ -510,11 +510,6 @@ def _migrate_checks(name, host, domains):
     dom = domains.get(name)
     if dom is None:
         raise CommandExecutionError(f"no guest named {name} on this host")
-    if dom["state"] in _STOPPED:
-        raise CommandExecutionError(
-            f"{name} is {dom['state']} here, not running: there is nothing to migrate "
-            "(destroy it, or restart it where it belongs)"
-        )
     if dom["type"] == "pv":
         raise CommandExecutionError(
             f"{name} is a PV guest: Debian's Xen is built without shadow paging, so a PV "
@@ -522,6 +517,11 @@ def _migrate_checks(name, host, domains):
         )
     if dom["type"] not in ("pvh", "hvm"):
         raise CommandExecutionError(f"cannot tell the type of {name} ({dom['type']!r}): not migrating")
+    if dom["state"] in _STOPPED:
+        raise CommandExecutionError(
+            f"{name} is {dom['state']} here, not running: there is nothing to migrate "
+            "(destroy it, or restart it where it belongs)"
+        )
     return {"name": name, "domid": dom["domid"], "type": dom["type"], "state": dom["state"], "host": host}
 
 
