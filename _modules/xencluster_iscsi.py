@@ -35,8 +35,30 @@ RESCAN_ARGV = ["iscsiadm", "-m", "session", "--rescan"]
 DISCOVERY_ARGV = ["iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p"]  # + "ip:port"
 
 # iscsiadm exit codes (open-iscsi include/iscsi_err.h)
+ISCSI_ERR_TRANS = 4
+ISCSI_ERR_LOGIN = 5
+ISCSI_ERR_TRANS_TIMEOUT = 8
+ISCSI_ERR_PDU_TIMEOUT = 11
 ISCSI_ERR_SESS_EXISTS = 15
+ISCSI_ERR_FATAL_LOGIN = 19
 ISCSI_ERR_NO_OBJS_FOUND = 21
+ISCSI_ERR_LOGIN_AUTH_FAILED = 24
+# Exit codes of ``--login`` meaning "the target is not (yet) there or does not (yet) let
+# us in", which a later attempt may cure without any change on this host: nothing
+# listens on the portal (iscsid retries the connect, then 8 "connection timed out"),
+# a transport or PDU timeout (4, 11), a target error such as a disabled TPG (5 after
+# iscsid's own retries), and the initiator-error login rejections LIO sends for an
+# unknown target, a missing ACL or failed CHAP (19 "non-retryable iSCSI login
+# failure"; 24 "authorization failure" on open-iscsi releases that tell it apart).
+# login() marks such a failure with ``info["retryable"] = True``.
+LOGIN_RETRYABLE = (
+    ISCSI_ERR_TRANS,
+    ISCSI_ERR_LOGIN,
+    ISCSI_ERR_TRANS_TIMEOUT,
+    ISCSI_ERR_PDU_TIMEOUT,
+    ISCSI_ERR_FATAL_LOGIN,
+    ISCSI_ERR_LOGIN_AUTH_FAILED,
+)
 
 # The same rule as xencluster_lio.valid_iqn (these files share nothing but __salt__).
 _IQN_RE = re.compile(
@@ -304,6 +326,13 @@ def login(target, portal, wait=15):
     block devices. Returns ``{"changed", "changes", "session"}`` (the session
     as ``sessions`` shows it).
 
+    A failed ``--login`` raises ``CommandExecutionError`` with ``info``
+    ``{"stderr", "retcode"}``; when its exit code says the target is not (yet)
+    reachable or does not (yet) let this initiator in (``LOGIN_RETRYABLE``:
+    no portal listening, target not found, no ACL, authentication failure),
+    ``info`` also has ``"retryable": True``: the caller may try again later
+    (``xencluster_leg`` does while the partner dom0 is still converging).
+
     CLI Example:
 
     .. code-block:: bash
@@ -321,7 +350,13 @@ def login(target, portal, wait=15):
     current = _find(sessions(), target, portal)
     if current is None:
         # A session the kernel is recovering (state FAILED) is left to the kernel.
-        res = _run([*_node(target, portal), "--login"], ok=(0, ISCSI_ERR_SESS_EXISTS))
+        try:
+            res = _run([*_node(target, portal), "--login"], ok=(0, ISCSI_ERR_SESS_EXISTS))
+        except CommandExecutionError as exc:
+            info = exc.info if isinstance(exc.info, dict) else {}
+            if info.get("retcode") not in LOGIN_RETRYABLE:
+                raise
+            raise CommandExecutionError(exc.error, info={**info, "retryable": True}) from exc
         if res["retcode"] == 0:
             changes.append(f"logged in to {target} on {portal}")
         current = _find(sessions(), target, portal)

@@ -8,6 +8,11 @@ It never shrinks an LV unless told twice (``allow_shrink`` and
 ``fs_already_shrunk``), and never removes an LV that is open, exported over
 LIO or the origin of snapshots unless told ``force=True``.
 
+It also creates and extends volume groups (``vg_create``, ``vg_extend``), but
+only on devices that carry no signature at all (``signatures``: one
+``wipefs --no-act --json`` call): it never wipes anything and never removes
+a PV from a VG.
+
 Named ``xencluster_lvm`` so it never shadows Salt's own ``lvm`` module.
 """
 
@@ -61,6 +66,8 @@ LVS_FIELDS = (
 PVS_ARGV = ["pvs", *_REPORT, "-o", PVS_FIELDS]
 VGS_ARGV = ["vgs", *_REPORT, "-o", VGS_FIELDS]
 LVS_ARGV = ["lvs", *_REPORT, "-o", LVS_FIELDS, "-O", "vg_name,lv_name,seg_start"]
+# Lists signatures without touching them (--no-act); the devices follow.
+WIPEFS_ARGV = ["wipefs", "--no-act", "--json"]
 
 _INT_FIELDS = {
     "pv_size", "pv_free", "pv_used", "pv_pe_count", "pv_pe_alloc_count",
@@ -141,10 +148,27 @@ def _check_tags(tags, what="tags"):
     return out
 
 
-def _check_force(force):
+def _check_force(force, what="force"):
     if not isinstance(force, bool):
-        raise SaltInvocationError(f"force must be True or False: {force!r}")
+        raise SaltInvocationError(f"{what} must be True or False: {force!r}")
     return force
+
+
+def _check_devices(devices):
+    """Checked PV paths without repeats; a device named twice (also via a symlink) is refused."""
+    if devices is None or devices == "":
+        raise SaltInvocationError("pvs must be a non-empty list of device paths: None")
+    devices = _check_pvs(devices)
+    out, real = [], {}
+    for dev in devices:
+        if dev in out:
+            continue
+        resolved = os.path.realpath(dev)
+        if resolved in real:
+            raise SaltInvocationError(f"{real[resolved]} and {dev} are the same device ({resolved})")
+        real[resolved] = dev
+        out.append(dev)
+    return out
 
 
 def parse_size(size):
@@ -699,3 +723,230 @@ def lv_tags(vg, name, add=None, remove=None):
         argv += ["--deltag", tag]
     _run([*argv, "--", f"{vg}/{name}"])
     return {"old": list(old), "new": _lv(vg, name)["tags"]}
+
+
+# --- volume groups ----------------------------------------------------------------
+
+
+def _hex_offset(value):
+    """wipefs prints offsets as hex strings ("0x438"); -> int, None when absent."""
+    if value is None:
+        return None
+    try:
+        return int(value, 16) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise CommandExecutionError(f"unexpected wipefs offset: {value!r}")
+
+
+def _parse_wipefs(stdout, devices):
+    """{device: [signature, ...]} from ``wipefs --no-act --json`` of ``devices`` (in that order).
+
+    wipefs names each device by the basename of the path it was given
+    (``/dev/disk/by-id/virtio-x`` -> ``virtio-x``, ``/dev/loop0`` -> ``loop0``),
+    so rows are matched on the path or its basename; ``signatures`` refuses two
+    paths with the same basename. util-linux 2.38 prints
+    ``{"signatures": []}`` when no device has a signature; an empty stdout
+    (older or newer wipefs) means the same. A device without a signature maps to [].
+    """
+    result = {dev: [] for dev in devices}
+    if not stdout.strip():
+        return result
+    names = {}
+    for dev in devices:
+        names[dev] = dev
+        names[os.path.basename(dev)] = dev
+    try:
+        rows = json.loads(stdout)["signatures"]
+        if not isinstance(rows, list):
+            raise TypeError("'signatures' is not a list")
+        for row in rows:
+            dev = names.get(row["device"])
+            if dev is None:
+                raise CommandExecutionError(
+                    f"wipefs reported a device that was not asked for: {row['device']!r}"
+                )
+            sig = {
+                "type": row["type"],
+                "offset": _hex_offset(row.get("offset")),
+                "uuid": row.get("uuid"),
+                "label": row.get("label"),
+            }
+            if "usage" in row:  # only with -O ...,USAGE; kept should a wipefs print it
+                sig["usage"] = row["usage"]
+            result[dev].append(sig)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CommandExecutionError(f"unexpected wipefs output: {exc}: {stdout[:200]!r}")
+    return result
+
+
+def signatures(devices):
+    """
+    Every signature (filesystem, swap, partition table, RAID, LVM PV ...) on ``devices``.
+
+    One ``wipefs --no-act --json DEV...`` call; ``--no-act`` makes wipefs only
+    look, it wipes nothing. Returns ``{device: [{"type", "offset" (bytes,
+    int), "uuid", "label"}, ...]}`` keyed by the paths as given (``[]``: no
+    signature). ``type`` is what libblkid calls it: ``ext4``, ``xfs``,
+    ``swap``, ``LVM2_member``, ``linux_raid_member``, ``dos``, ``gpt``,
+    ``PMBR``... A device that does not exist makes wipefs fail: a
+    ``CommandExecutionError`` with wipefs's stderr.
+
+    wipefs names devices by the basename of the path it is given, so two paths
+    with the same basename (``/dev/disk/by-id/x`` and ``/dev/disk/by-path/x``)
+    cannot be told apart in one call and are refused, as is one device named
+    twice (by two paths resolving to it).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.signatures '["/dev/vdb", "/dev/vdc"]'
+    """
+    devices = _check_devices(devices)
+    seen = {}
+    for dev in devices:
+        base = os.path.basename(dev)
+        if base in seen:
+            raise SaltInvocationError(
+                f"{seen[base]} and {dev} have the same basename, which is all wipefs prints: "
+                "name one of them by another path"
+            )
+        seen[base] = dev
+    return _parse_wipefs(_run([*WIPEFS_ARGV, *devices]), devices)
+
+
+def _signed(sigs):
+    """[(device, "type, type"), ...] of the devices carrying a signature."""
+    return [(dev, ", ".join(s["type"] for s in found)) for dev, found in sigs.items() if found]
+
+
+def _refuse_signed(sigs, vg):
+    signed = _signed(sigs)
+    if signed:
+        what = "; ".join(f"{dev} carries {types}" for dev, types in signed)
+        raise CommandExecutionError(
+            f"refusing to put {', '.join(d for d, _ in signed)} into volume group {vg}: {what}. "
+            "xencluster never wipes a device: if what is on it may go, wipe it yourself "
+            "(wipefs --all DEVICE) and run again"
+        )
+
+
+def _pv_index(rep):
+    """{realpath of each PV of the report: its row}: PV paths given as symlinks match LVM's names."""
+    return {os.path.realpath(name): row for name, row in rep["pvs"].items()}
+
+
+def _refuse_foreign(pvs, index, vg):
+    """PVs (as given) that belong to another VG than ``vg`` are refused."""
+    foreign = []
+    for pv in pvs:
+        row = index.get(os.path.realpath(pv))
+        if row and row["vg_name"] and row["vg_name"] != vg:
+            name = pv if row["pv_name"] == pv else f"{pv} ({row['pv_name']})"
+            foreign.append((pv, f"{name} is a physical volume of volume group {row['vg_name']}"))
+    if foreign:
+        raise CommandExecutionError(
+            f"refusing to put {', '.join(p for p, _ in foreign)} into volume group {vg}: "
+            + "; ".join(why for _, why in foreign)
+        )
+
+
+def vg_args(vg, pvs):
+    """
+    Validate and normalise the arguments of a VG request without running anything.
+
+    Returns ``{"vg", "pvs" (list, repeats dropped)}`` or raises
+    ``SaltInvocationError``: a bad VG name, a PV path that is not a plain
+    ``/dev/...`` path, or one device named twice (two paths resolving to it).
+    The ``xencluster_lvm.vg_present`` state uses it so that a dry run refuses
+    exactly what a real run refuses.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.vg_args xcvg '["/dev/vdb", "/dev/vdc"]'
+    """
+    return {"vg": _check_vg(vg), "pvs": _check_devices(pvs)}
+
+
+def vg_create(vg, pvs, test=False):
+    """
+    Create volume group ``vg`` on the devices ``pvs``; only on blank devices.
+
+    Refuses (``CommandExecutionError``, nothing run but the reads) when
+
+    * ``vg`` already exists (``report``),
+    * a device is a PV of another VG,
+    * a device carries any signature (``signatures``: a filesystem, swap, a
+      partition table, an md superblock, an LVM PV label even of no VG ...);
+      the message names the device and the signature types. This module never
+      wipes a device: the operator does, knowing what is on it,
+    * a device does not exist (wipefs's stderr).
+
+    Then runs ``vgcreate VG PV...`` (no ``--yes``, no ``--force``: vgcreate
+    initialises the PVs itself and would ask before overwriting anything).
+    Paths may be symlinks (``/dev/disk/by-id/...``); they are compared with
+    LVM's names by ``os.path.realpath`` and passed to vgcreate as given.
+
+    Returns ``{"vg", "pvs", "changes": {"created": {"vg", "pvs"}}, "test"}``;
+    with ``test=True`` the same, after the reads, without running vgcreate.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.vg_create xcvg '["/dev/vdb", "/dev/vdc"]'
+        salt node1 xencluster_lvm.vg_create xcvg '["/dev/vdb"]' test=True
+    """
+    a = vg_args(vg, pvs)
+    vg, pvs, test = a["vg"], a["pvs"], _check_force(test, "test")
+    rep = report()
+    if vg in rep["vgs"]:
+        members = sorted(n for n, row in rep["pvs"].items() if row["vg_name"] == vg)
+        raise CommandExecutionError(
+            f"volume group {vg} already exists (on {', '.join(members) or 'no PV'}): use vg_extend"
+        )
+    _refuse_foreign(pvs, _pv_index(rep), vg)
+    _refuse_signed(signatures(pvs), vg)
+    if not test:
+        _run(["vgcreate", vg, *pvs])
+    return {"vg": vg, "pvs": pvs, "changes": {"created": {"vg": vg, "pvs": list(pvs)}}, "test": test}
+
+
+def vg_extend(vg, pvs, test=False):
+    """
+    Add to volume group ``vg`` those of the devices ``pvs`` that are not in it yet.
+
+    Devices already in ``vg`` are skipped (by ``os.path.realpath``, so a
+    symlink matches LVM's name); when all are, nothing runs but ``report``.
+    The others are refused as ``vg_create`` refuses them (a PV of another VG,
+    any signature, a missing device), then added with one
+    ``vgextend VG PV...``. PVs of ``vg`` that are not listed stay: this never
+    removes a PV from a VG. A missing VG is an error.
+
+    Returns ``{"vg", "pvs", "added": [...], "changes": {"extended": {"vg",
+    "added"}} or {}, "test"}``; with ``test=True`` the same without running
+    vgextend.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_lvm.vg_extend xcvg '["/dev/vdb", "/dev/vdc", "/dev/vdd"]'
+    """
+    a = vg_args(vg, pvs)
+    vg, pvs, test = a["vg"], a["pvs"], _check_force(test, "test")
+    rep = report()
+    if vg not in rep["vgs"]:
+        raise CommandExecutionError(f"volume group {vg} not found: use vg_create")
+    index = _pv_index(rep)
+    _refuse_foreign(pvs, index, vg)
+    add = [pv for pv in pvs if index.get(os.path.realpath(pv), {}).get("vg_name") != vg]
+    changes = {}
+    if add:
+        _refuse_signed(signatures(add), vg)
+        if not test:
+            _run(["vgextend", vg, *add])
+        changes = {"extended": {"vg": vg, "added": list(add)}}
+    return {"vg": vg, "pvs": pvs, "added": add, "changes": changes, "test": test}

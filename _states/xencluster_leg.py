@@ -38,6 +38,23 @@ How a run works:
    a real run hands them to ``apply`` and returns the same actions plus
    the result of each. A converged run makes the four reads and nothing else.
 
+Both dom0s of a pair converge AT THE SAME TIME in one ``state.highstate``:
+node1 exports its legs, then logs in to node2's, which node2's own run may
+not have created or exported yet (it may still be installing packages or
+rebuilding an initramfs, minutes under emulation), and the other way round.
+So a ``login`` that fails because the partner's target is not (yet) there
+or does not (yet) let this node in (no portal listening, target not found,
+no ACL yet, authentication refused: ``xencluster_iscsi.login`` marks those
+``retryable``) is tried again every ``LOGIN_RETRY_INTERVAL`` seconds, with
+an INFO log line saying what it waits for, until ``import_wait`` seconds
+(default 600; 0: one attempt) after the first login of the run started;
+then it fails with the last error. The deadline is ONE for all the logins
+of a run: legs of a partner that never answers fail after ``import_wait``,
+not after one ``import_wait`` each. Owned legs are applied before any login
+(``PHASES``), so two nodes waiting for each other never deadlock. Waiting
+is an apply detail: the plan, ``test=True`` and ``changes["actions"]`` are
+the same; a login's result ``detail`` has its number of ``attempts``.
+
 Safety: an LV is never shrunk (a pillar size below the LV's is an error), a
 session to a target no longer in the model is only reported unless
 ``prune=True`` (a running guest may use it), and an export to an initiator
@@ -49,6 +66,9 @@ and never appear in a return (``xencluster_model.redact``).
 import ipaddress
 import logging
 import re
+import time
+
+from salt.exceptions import CommandExecutionError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +76,13 @@ __virtualname__ = "xencluster_leg"
 
 CONTEXT_KEY = "xencluster_leg.snapshot"
 DEFAULT_TIMEOUT = 60
+DEFAULT_IMPORT_WAIT = 600  # seconds the logins of one run wait for the partner's exports
+MAX_IMPORT_WAIT = 3600
+LOGIN_RETRY_INTERVAL = 10  # seconds between two attempts of a login the partner refused
+
+# Patched by the unit tests: waiting must not sleep there.
+_sleep = time.sleep
+_monotonic = time.monotonic
 
 # One read of the host per part of the snapshot.
 READS = {
@@ -109,6 +136,14 @@ def _check_timeout(timeout):
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
         raise _Refused(f"timeout must be a number of seconds from 0 to 600: {timeout!r}")
     return timeout
+
+
+def _check_import_wait(import_wait):
+    if (isinstance(import_wait, bool) or not isinstance(import_wait, (int, float))
+            or not 0 <= import_wait <= MAX_IMPORT_WAIT):  # fmt: skip
+        raise _Refused(f"import_wait must be a number of seconds from 0 (one login attempt) to {MAX_IMPORT_WAIT}: "
+                       f"{import_wait!r}")  # fmt: skip
+    return import_wait
 
 
 # --- the desired legs ------------------------------------------------------------------
@@ -500,8 +535,65 @@ def describe(action):
 # --- applying ---------------------------------------------------------------------------
 
 
-def _run(action, credentials, timeout):
-    """Carry out one action through the execution modules; its (secret-free) result."""
+class _Deadline:
+    """The one ``import_wait`` deadline of an apply run, set when its first login starts."""
+
+    def __init__(self, seconds):
+        self.seconds, self.at = seconds, None
+
+    def start(self):
+        if self.at is None:
+            self.at = _monotonic() + self.seconds
+
+    def left(self):
+        return self.at - _monotonic()
+
+
+def _retryable(exc):
+    """A login failure a later attempt may cure, as ``xencluster_iscsi.login`` marks it.
+
+    Only a ``CommandExecutionError`` whose ``info`` says ``retryable`` (the
+    partner's portal, target or ACL is not there yet, or it refused us):
+    bad arguments (``SaltInvocationError``), a missing iscsid, a broken node
+    record or any other error fail at once.
+    """
+    return isinstance(exc, CommandExecutionError) and isinstance(exc.info, dict) and exc.info.get("retryable") is True
+
+
+def _login(action, deadline):
+    """``xencluster_iscsi.login``, tried again until ``deadline`` while the partner refuses; (result, attempts)."""
+    target, portal = action["target"], action["portal"]
+    owner = action["leg"].rsplit(".", 1)[-1]  # a leg id ends with its owner node
+    deadline.start()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return __salt__["xencluster_iscsi.login"](target, portal), attempt
+        except Exception as exc:  # pylint: disable=broad-except
+            if not _retryable(exc):
+                raise
+            reason = exc.error or str(exc)
+            left = deadline.left()
+            if left <= 0:
+                if attempt == 1 and deadline.seconds == 0:
+                    raise
+                raise RuntimeError(
+                    f"{owner} did not let this node log in to {target} on {portal} within import_wait="
+                    f"{deadline.seconds:g} s (one deadline for every login of this run; {attempt} attempt(s) "
+                    f"for this one); last error: {reason}"
+                ) from exc
+            log.info("xencluster_leg: waiting for %s to export %s on %s (attempt %d, %d s left): %s",
+                     owner, target, portal, attempt, round(left), reason)  # fmt: skip
+            _sleep(min(LOGIN_RETRY_INTERVAL, left))
+
+
+def _run(action, credentials, timeout, deadline=None):
+    """Carry out one action through the execution modules; its (secret-free) result.
+
+    ``deadline`` (``_Deadline``): until when a refused login is tried again
+    (default: one attempt).
+    """
     op, chap = action["op"], (credentials or {}).get(action.get("leg"))
     if op == "lv_create":
         lv = __salt__["xencluster_lvm.lv_create"](
@@ -533,10 +625,10 @@ def _run(action, credentials, timeout):
                 chap.get("mutual_userid") or None, chap.get("mutual_password") or None,
             )  # fmt: skip
             changes.append("CHAP credentials set on the node record")
-        res = __salt__["xencluster_iscsi.login"](action["target"], action["portal"])
+        res, attempts = _login(action, deadline or _Deadline(0))
         if res.get("session") is None:
             raise RuntimeError(f"no session to {action['target']} on {action['portal']} after the login")
-        return {"changes": changes + list(res["changes"]), "sid": res["session"].get("sid")}
+        return {"changes": changes + list(res["changes"]), "sid": res["session"].get("sid"), "attempts": attempts}
     if op == "rescan":
         __salt__["xencluster_iscsi.rescan"]()
         return {"rescanned": True}
@@ -556,7 +648,7 @@ def _scrub(text, credentials):
     return text
 
 
-def apply(actions, credentials=None, timeout=DEFAULT_TIMEOUT):
+def apply(actions, credentials=None, timeout=DEFAULT_TIMEOUT, import_wait=DEFAULT_IMPORT_WAIT):
     """
     Carry out planned ``actions`` in order; returns one result per action.
 
@@ -566,8 +658,17 @@ def apply(actions, credentials=None, timeout=DEFAULT_TIMEOUT):
     action the later actions of the same leg are skipped (an export needs its
     LV, a link its LV or session); other legs go on. Each result is
     ``{"op", "leg"|"target", "result": bool, "detail"|"comment"}``.
+
+    A ``login`` the partner refuses because its target is not (yet) there or
+    does not (yet) let us in is tried again every ``LOGIN_RETRY_INTERVAL``
+    seconds (logged at INFO) until ``import_wait`` seconds after the first
+    login of this call started: ONE deadline for all logins, so the legs of a
+    partner that never answers fail after ``import_wait`` in all (each later
+    one after a single attempt). ``import_wait=0``: one attempt. A login's
+    ``detail`` has its ``attempts``.
     """
     results, failed = [], set()
+    deadline = _Deadline(import_wait)
     for action in actions:
         key = action.get("leg") or action.get("target") or action["op"]
         head = {"op": action["op"], **({"leg": action["leg"]} if "leg" in action else {}),
@@ -576,7 +677,7 @@ def apply(actions, credentials=None, timeout=DEFAULT_TIMEOUT):
             results.append({**head, "result": False, "comment": "skipped: an earlier step of this leg failed"})
             continue
         try:
-            detail = _run(action, credentials, timeout)
+            detail = _run(action, credentials, timeout, deadline)
         except Exception as exc:  # pylint: disable=broad-except
             if action.get("leg") is not None:
                 failed.add(action["leg"])
@@ -637,7 +738,7 @@ def _credentials(desired, partner_of):
     return out
 
 
-def _converge(ret, desired, parts, credentials, timeout, summary):
+def _converge(ret, desired, parts, credentials, timeout, summary, import_wait=DEFAULT_IMPORT_WAIT):
     """Read (once per run), plan, and in a real run apply; fills ``ret``."""
     try:
         snapshot = _snapshot(parts)
@@ -657,7 +758,7 @@ def _converge(ret, desired, parts, credentials, timeout, summary):
     else:
         cred = credentials() if any(a["op"] in ("export", "login") for a in actions) else {}
         try:
-            results = apply(actions, cred, timeout)
+            results = apply(actions, cred, timeout, import_wait)
         finally:
             _forget()  # something may have changed, even on a failure
         for action, res in zip(actions, results):
@@ -720,7 +821,7 @@ def _view(node, fallback):
         raise _Refused(str(exc))
 
 
-def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT):
+def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT, import_wait=DEFAULT_IMPORT_WAIT):
     """
     Converge every disk leg of this node from the cluster model (pillar ``xencluster``).
 
@@ -735,6 +836,16 @@ def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT):
         still use such a disk, so it is only reported.
     timeout
         Seconds to wait for each new stable path (``xencluster_disk.wait_for``).
+    import_wait
+        Seconds (default 600, at most 3600) the logins to the partners' legs
+        wait for their targets: both dom0s of a pair converge concurrently in
+        one highstate, so a partner may not have created or exported its legs
+        yet. A login refused for that (no portal listening, target not found,
+        no ACL yet, authentication refused) is tried again, logged at INFO,
+        until this many seconds after the first login of the run started (one
+        deadline for all of them), then fails with the last error. ``0``: one
+        attempt, no waiting. ``test=True`` and the planned actions do not
+        depend on it.
 
     Owned legs: the LV present (created, or grown, never shrunk) and exported
     to the partner's initiator only, on this node's SAN portals; imported
@@ -752,6 +863,7 @@ def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT):
     ret = _ret(name)
     try:
         _check_timeout(timeout)
+        _check_import_wait(import_wait)
         view, node_name = _view(node if node is not None else name, fallback=node is None)
     except _Refused as exc:
         ret["comment"] = str(exc)
@@ -760,13 +872,14 @@ def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT):
     partner_of = {leg["lv"]: leg["partner"] for leg in view["owned"]}
     summary = f"{node_name}: {len(desired['owned'])} owned and {len(desired['imported'])} imported leg(s)"
     return _converge(
-        ret, desired, ("lvm", "lio", "sessions", "links"), lambda: _credentials(desired, partner_of), timeout, summary
-    )
+        ret, desired, ("lvm", "lio", "sessions", "links"), lambda: _credentials(desired, partner_of), timeout, summary,
+        import_wait,
+    )  # fmt: skip
 
 
 def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, owner=None, partner=None,
             target=None, initiators=None, portals=None, serial=None, lun=0, chap=None, node=None,
-            from_pillar=False, timeout=DEFAULT_TIMEOUT):  # fmt: skip
+            from_pillar=False, timeout=DEFAULT_TIMEOUT, import_wait=DEFAULT_IMPORT_WAIT):  # fmt: skip
     """
     Converge one disk leg ``name`` (``<guest>.<disk>.<owner>``) on this node.
 
@@ -787,6 +900,17 @@ def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, 
         This node's name in the cluster (default: ``grains["id"]``).
     from_pillar
         Take every other argument from the cluster model (validated first).
+    timeout
+        Seconds to wait for the stable path (``xencluster_disk.wait_for``).
+    import_wait
+        On the partner: seconds (default 600, at most 3600) the login waits
+        for the owner to export the leg. Both dom0s of a pair converge
+        concurrently in one highstate, so the owner may not have created or
+        exported it yet; a login refused for that (no portal listening,
+        target not found, no ACL yet, authentication refused) is tried again,
+        logged at INFO, until the deadline, then fails with the last error.
+        ``0``: one attempt. ``test=True`` and the planned actions do not
+        depend on it.
 
     .. code-block:: yaml
 
@@ -797,6 +921,7 @@ def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, 
     ret = _ret(name)
     try:
         _check_timeout(timeout)
+        _check_import_wait(import_wait)
         guest, disk, leg_node = _split(name)
         if from_pillar:
             view, here = _view(node, fallback=False)
@@ -824,7 +949,7 @@ def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, 
         return ret
     parts = ("lvm", "lio", "links") if desired["owned"] else ("sessions", "links")
     role = "owner" if desired["owned"] else "partner"
-    return _converge(ret, desired, parts, credentials, timeout, f"{here}: leg {name} ({role})")
+    return _converge(ret, desired, parts, credentials, timeout, f"{here}: leg {name} ({role})", import_wait)
 
 
 def _manual(name, guest, disk, leg_node, args):

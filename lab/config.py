@@ -34,6 +34,9 @@ DEFAULT_NODES = 2
 SSH_PORT_BASE = int(os.environ.get("XENCLUSTER_LAB_SSH_BASE", "2220"))  # node N -> base+N
 MASTER_PUBLISH_PORT = int(os.environ.get("XENCLUSTER_LAB_PUBLISH_PORT", "4505"))
 MASTER_RET_PORT = int(os.environ.get("XENCLUSTER_LAB_RET_PORT", "4506"))
+# The master's pillar root: this checkout's pillar/ (the lab model, pillar/xencluster/lab.sls),
+# or another directory with its own top.sls (benchmarks render generated cluster models there).
+PILLAR_ROOT = Path(os.environ.get("XENCLUSTER_LAB_PILLAR_ROOT", str(REPO / "pillar")))
 
 # Inside each node (fixed in the image, so one image serves every node).
 GUEST_MASTER_ADDR = "10.0.2.100"  # slirp guestfwd -> host 127.0.0.1:MASTER_*_PORT

@@ -55,6 +55,7 @@ PACKAGES = (
     "bridge-utils", "kmod", "udev", "systemd-sysv", "dbus", "python3", "python3-venv",
     "busybox-static", "procps", "socat", "e2fsprogs", "psmisc", "netcat-openbsd",
     "ca-certificates",
+    "strace",  # benchmarks/highstate_commands.py counts the commands a highstate starts
 )
 # Slow a TCG boot and do nothing useful in a throwaway lab dom0. Masked, so neither
 # udev (mdmonitor) nor first-boot presets (empty machine-id) can start them.

@@ -64,7 +64,10 @@ def settings() -> dict:
         "worker_threads": 2,
         "timeout": 30,
         "file_roots": {"base": [str(config.REPO / "salt"), str(config.MASTER_EXT)]},
-        "pillar_roots": {"base": [str(config.REPO / "pillar")]},
+        "pillar_roots": {"base": [str(config.PILLAR_ROOT)]},
+        # xencluster_guest.running asks the master, at that moment, where a guest runs
+        # (publish.runner xencluster.locate); only the dom0 minions may call that runner.
+        "peer_run": {r"node[0-9]+$": [r"xencluster\.locate$"]},
     }
 
 

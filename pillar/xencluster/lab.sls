@@ -13,8 +13,16 @@
 #
 # What the lab gives each node (lab/config.py): eth0 = management (QEMU slirp,
 # 10.0.2.15), eth1 = a private SAN segment shared only by the nodes
-# (192.168.100.<N>/24), two empty data disks /dev/vdb and /dev/vdc, and the
-# probe guest's initramfs /srv/domu/probe-initrd.gz.
+# (192.168.100.<N>/24), eth2 and eth3 = two service links on one service
+# segment (a hub that passes 802.1Q tags; `python -m lab link nodeN 2 down`
+# pulls a cable), two empty data disks /dev/vdb and /dev/vdc, and the probe
+# guest's initramfs /srv/domu/probe-initrd.gz (lab/files/domu/probe-init: it
+# mirrors xvda+xvdb with md RAID1, prints "HB <n> md=... net=ok|fail" every
+# 2 s and pings probe.peer from probe.ip, both on the kernel command line).
+#
+# The guests prove the network: web1 (node1) and db1 (node2) share VLAN 10
+# and reach each other across the nodes; app1 (node1, VLAN 20) has an
+# address in the same IP subnet but must NOT reach db1.
 
 xencluster:
   cluster:
@@ -38,12 +46,16 @@ xencluster:
       vgs:
         xcvg:                         # one VG on both data disks: up to 2 stripes
           pvs: [/dev/vdb, /dev/vdc]
+      bonds:
+        # Both service links in one bond. active-backup: the lab's service
+        # segment is a hub, which has no LACP (802.3ad needs a switch that
+        # speaks it; the renderer supports it, see example-3node.sls).
+        bond0: {mode: active-backup, links: [eth2, eth3], primary: eth2, miimon: 100}
       vlans:
-        # Service VLAN 10, bridged for guest interfaces (`parent`, not `on`:
-        # YAML reads an unquoted on as true). The lab's third NIC
-        # (eth2, "3.. = service links" in lab/config.py) carries it; there is
-        # only one such link in the lab, so no bond.
-        10: {bridge: br-svc10, parent: eth2}
+        # Service VLANs, one bridge each for guest interfaces (`parent`, not
+        # `on`: YAML reads an unquoted on as true).
+        10: {bridge: br-svc10, parent: bond0}
+        20: {bridge: br-svc20, parent: bond0}
 
     node2:
       mgmt_interface: eth0
@@ -53,8 +65,11 @@ xencluster:
       vgs:
         xcvg:
           pvs: [/dev/vdb, /dev/vdc]
+      bonds:
+        bond0: {mode: active-backup, links: [eth2, eth3], primary: eth2, miimon: 100}
       vlans:
-        10: {bridge: br-svc10, parent: eth2}
+        10: {bridge: br-svc10, parent: bond0}
+        20: {bridge: br-svc20, parent: bond0}
 
   guests:
     # Each disk is a pair of LVs, one on each node of `nodes`, named
@@ -69,10 +84,10 @@ xencluster:
       sched: {weight: 256, cap: 0}    # credit2; cap 0 = no cap
       kernel: /vmlinuz                # the dom0's own kernel (Debian's symlink)
       ramdisk: /srv/domu/probe-initrd.gz
-      extra: "console=hvc0"
+      extra: "console=hvc0 probe.ip=10.10.0.11/24 probe.peer=10.10.0.12"
       interfaces:
         - {vlan: 10, mac: "00:16:3e:00:01:01"}
-      disks:                          # ordered: root is xvda, data is xvdb
+      disks:                          # in order: root = xvda (node1 leg) + xvdb (node2 leg), data = xvdc + xvdd
         - name: root
           size: 256M
           nodes: [node1, node2]
@@ -93,7 +108,7 @@ xencluster:
       vcpus: 1
       kernel: /vmlinuz
       ramdisk: /srv/domu/probe-initrd.gz
-      extra: "console=hvc0"
+      extra: "console=hvc0 probe.ip=10.10.0.12/24 probe.peer=10.10.0.11"
       interfaces:
         - {vlan: 10, mac: "00:16:3e:00:02:01"}
       disks:
@@ -102,5 +117,18 @@ xencluster:
           nodes: [node2, node1]       # order does not matter
           vg: xcvg
           filesystem: ext4
+
+    app1:                             # VLAN 20: must not reach db1 on VLAN 10
+      type: pvh
+      node: node1
+      memory: 128M
+      vcpus: 1
+      kernel: /vmlinuz
+      ramdisk: /srv/domu/probe-initrd.gz
+      extra: "console=hvc0 probe.ip=10.10.0.13/24 probe.peer=10.10.0.12"
+      interfaces:
+        - {vlan: 20, mac: "00:16:3e:00:03:01"}
+      disks:
+        - {name: root, size: 64M, nodes: [node1, node2], vg: xcvg, filesystem: none}
 
   # No backup section: the lab has no room for backup volumes.

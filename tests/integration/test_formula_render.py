@@ -41,22 +41,21 @@ EXPECTED = {
     "xencluster-open-iscsi-enabled": ("service", "enabled"),
     "xencluster-udev-leg-rules": ("xencluster_disk", "rules_installed"),
     "xencluster-network": ("xencluster_net", "managed"),
+    "xencluster-vg-xcvg": ("xencluster_lvm", "vg_present"),
+    "xencluster-legs": ("xencluster_leg", "node_legs"),
+    "xencluster-guests": ("xencluster_guest", "node_guests"),
 }
 
 
 @pytest.fixture(scope="module")
 def formula_roots(tmp_path_factory):
-    """file_roots: salt/ and the extension trees; pillar_roots: the lab model for node1."""
+    """file_roots: salt/ and the extension trees; pillar_roots: the shipped pillar/ (top and lab model)."""
     base = tmp_path_factory.mktemp("formula")
     ext = base / "ext"
     ext.mkdir()
     for tree in TREES:
         (ext / tree).symlink_to(ROOT / tree, target_is_directory=True)
-    pillar = base / "pillar"
-    pillar.mkdir()
-    (pillar / "xencluster").symlink_to(ROOT / "pillar" / "xencluster", target_is_directory=True)
-    (pillar / "top.sls").write_text("base:\n  node1:\n    - xencluster.lab\n")
-    return {"file_roots": [str(ROOT / "salt"), str(ext)], "pillar_roots": [str(pillar)]}
+    return {"file_roots": [str(ROOT / "salt"), str(ext)], "pillar_roots": [str(ROOT / "pillar")]}
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,27 @@ def test_the_formula_compiles_to_the_expected_states(compiled):
         found[sid] = (module, next(i for i in state[module] if isinstance(i, str)))
     assert found == EXPECTED
     sls = {state["__sls__"] for state in compiled.values()}
-    assert sls == {"xencluster.dom0", "xencluster.hygiene", "xencluster.storage", "xencluster.network"}
+    assert sls == {"xencluster.dom0", "xencluster.hygiene", "xencluster.storage", "xencluster.network",
+                   "xencluster.guests"}
+
+
+def test_the_shipped_tops_give_a_dom0_the_formula(node1, cli):
+    """pillar/top.sls gives node1 the lab model; salt/top.sls maps every minion with a model."""
+    res = cli.run("state.show_top", minion_tgt="node1")
+    assert res.returncode == 0, res
+    assert res.data == {"base": ["xencluster"]}
+
+
+def test_vgs_legs_and_guests_come_from_the_model(compiled):
+    vg = args(compiled["xencluster-vg-xcvg"])
+    assert (vg["name"], vg["pvs"]) == ("xcvg", ["/dev/vdb", "/dev/vdc"])
+    legs = args(compiled["xencluster-legs"])
+    assert (legs["name"], legs["import_wait"]) == ("node1", 900)
+    assert {"xencluster_lvm": "xencluster-vg-xcvg"} in legs["require"]
+    guests = args(compiled["xencluster-guests"])
+    assert guests["name"] == "node1"
+    assert {"xencluster_leg": "xencluster-legs"} in guests["require"]
+    assert {"xencluster_net": "xencluster-network"} in guests["require"]
 
 
 def test_the_lab_model_reaches_the_states(compiled):
@@ -192,8 +211,12 @@ def test_the_network_module_renders_on_the_minion(node1, cli):
     res = cli.run("xencluster_net.render", minion_tgt="node1")
     assert res.returncode == 0, res
     assert sorted(pathlib.PurePath(p).name for p in res.data) == [
-        "40-xencluster-br-svc10.netdev", "40-xencluster-br-svc10.network", "40-xencluster-eth1.network",
-        "40-xencluster-eth2.10.netdev", "40-xencluster-eth2.10.network", "40-xencluster-eth2.network",
+        "40-xencluster-bond0.10.netdev", "40-xencluster-bond0.10.network",
+        "40-xencluster-bond0.20.netdev", "40-xencluster-bond0.20.network",
+        "40-xencluster-bond0.netdev", "40-xencluster-bond0.network",
+        "40-xencluster-br-svc10.netdev", "40-xencluster-br-svc10.network",
+        "40-xencluster-br-svc20.netdev", "40-xencluster-br-svc20.network",
+        "40-xencluster-eth1.network", "40-xencluster-eth2.network", "40-xencluster-eth3.network",
     ]  # fmt: skip
     refused = cli.run("xencluster_net.render", "backend=ifupdown", minion_tgt="node1")
     assert "systemd-networkd files only" in str(refused.data)

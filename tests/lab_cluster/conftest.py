@@ -36,3 +36,16 @@ def lab_cluster():
     yield NODES
     if not was_running and not os.environ.get("XENCLUSTER_LAB_KEEP"):
         lab("down", "--hard", timeout=300)
+
+
+# Modules that wipe and rebuild the cluster and leave it changed for good (bonds, LVM filter,
+# running guests): after every other lab test, in this order.
+RUN_LAST = ("test_cluster_highstate",)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.module.__name__.rpartition(".")[2] if item.module else ""
+        return RUN_LAST.index(name) + 1 if name in RUN_LAST else 0
+
+    items.sort(key=rank)  # stable: everything else keeps its order

@@ -28,7 +28,7 @@ from saltext.xencluster.modules import xencluster_model as model_mod
 from saltext.xencluster.modules import xencluster_xl as xl
 from saltext.xencluster.states import xencluster_guest as guest_state
 
-PILLAR = pathlib.Path(__file__).resolve().parents[2] / "pillar" / "xencluster" / "lab.sls"
+PILLAR = pathlib.Path(__file__).resolve().parent / "data" / "two_node_model.sls"  # frozen lab pillar
 NODES = ["node1", "node2", "node3"]
 _HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 _ROW = "%-40s %5d %5lu %5d     %s  %8.1f"

@@ -218,6 +218,64 @@ def test_login_failure_carries_iscsiadm_stderr(no_session):
         iscsi.login(TARGET, PORTAL)
 
 
+def _login_failure(retcode, reason):
+    return {"retcode": retcode, "stderr": (
+        f"iscsiadm: Could not login to [iface: default, target: {TARGET}, portal: 192.168.100.1,3260].\n"
+        f"iscsiadm: initiator reported error ({retcode} - {reason})\niscsiadm: Could not log into all portals\n"
+    )}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "retcode, reason",
+    [
+        (8, "connection timed out"),  # nothing listens on the portal yet
+        (19, "encountered non-retryable iSCSI login failure"),  # LIO: target not found / no ACL
+        (24, "iSCSI login failed due to authorization failure"),  # no ACL / CHAP on older open-iscsi
+        (5, "encountered iSCSI login failure"),  # target error (e.g. TPG not enabled yet)
+        (4, "iSCSI transport error"),
+        (11, "iSCSI PDU timed out"),
+    ],
+)
+def test_a_login_the_target_refuses_for_now_is_marked_retryable(no_session, retcode, reason):
+    no_session.outputs[tuple(NODE)] = "node.name = x\n"
+    no_session.outputs[(*NODE, "-o", "show")] = "node.startup = automatic\n"
+    no_session.outputs[(*NODE, "--login")] = _login_failure(retcode, reason)
+    with pytest.raises(CommandExecutionError, match=f"--login failed \\(rc {retcode}\\)") as err:
+        iscsi.login(TARGET, PORTAL)
+    assert err.value.info["retryable"] is True
+    assert err.value.info["retcode"] == retcode and reason in err.value.info["stderr"]
+    assert reason in err.value.error
+
+
+@pytest.mark.parametrize(
+    "retcode, reason",
+    [
+        (20, "could not connect to iscsid"),
+        (12, "iSCSI driver not found. Please make sure it is loaded, and retry the operation"),
+        (7, "invalid parameter"),
+        (6, "iSCSI database failure"),
+    ],
+)
+def test_a_local_login_failure_is_not_retryable(no_session, retcode, reason):
+    no_session.outputs[tuple(NODE)] = "node.name = x\n"
+    no_session.outputs[(*NODE, "-o", "show")] = "node.startup = automatic\n"
+    no_session.outputs[(*NODE, "--login")] = _login_failure(retcode, reason)
+    with pytest.raises(CommandExecutionError, match=f"rc {retcode}") as err:
+        iscsi.login(TARGET, PORTAL)
+    assert "retryable" not in err.value.info
+
+
+def test_only_the_login_call_is_marked_retryable(no_session):
+    """The same exit code from a node record call (local) is not a partner that is not ready."""
+    no_session.outputs[tuple(NODE)] = "node.name = x\n"
+    no_session.outputs[(*NODE, "-o", "show")] = {"retcode": 8, "stderr": "iscsiadm: odd\n"}
+    with pytest.raises(CommandExecutionError, match="-o show failed") as err:
+        iscsi.login(TARGET, PORTAL)
+    assert "retryable" not in err.value.info
+    with pytest.raises(SaltInvocationError):
+        iscsi.login("iqn.2025-01.lab:bad", PORTAL)
+
+
 def test_logout_and_delete_are_idempotent(run_all):
     run_all.outputs[(*NODE, "--logout")] = {"retcode": 21, "stderr": "iscsiadm: No matching sessions found\n"}
     run_all.outputs[(*NODE, "-o", "delete")] = {"retcode": 21, "stderr": "iscsiadm: No records found\n"}

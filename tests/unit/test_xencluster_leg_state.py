@@ -41,7 +41,7 @@ BASE = "iqn.2025-01.lab.xen"
 P1, P2 = "192.168.100.1:3260", "192.168.100.2:3260"
 SECRET, MUTUAL = "s3cret-chap-pass-1", "s3cret-mutual-pass-2"
 
-LAB = salt.utils.yaml.safe_load((ROOT / "pillar" / "xencluster" / "lab.sls").read_text())["xencluster"]
+LAB = salt.utils.yaml.safe_load((ROOT / "tests" / "unit" / "data" / "two_node_model.sls").read_text())["xencluster"]
 LVM_REC = REC / "lvm" / "lab-node1-snapshots"
 LIO_DUMP = json.loads((REC / "lio" / "lab-node1-xcl-export" / "dump.json").read_text())
 NO_SESSION = REC / "iscsi" / "lab-node2-no-session"
@@ -328,6 +328,29 @@ def host(tmp_path, run_all, monkeypatch):
 @pytest.fixture
 def writes(host):
     return Writes(host)
+
+
+class Clock:
+    """A fake ``time.monotonic``/``time.sleep`` for the state: sleeping only moves the clock."""
+
+    def __init__(self):
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        assert seconds > 0, seconds
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(leg_state, "_sleep", c.sleep)
+    monkeypatch.setattr(leg_state, "_monotonic", c.monotonic)
+    return c
 
 
 @pytest.fixture
@@ -823,6 +846,221 @@ def test_a_failed_step_skips_the_rest_of_its_leg_only(host, writes, calls, opts,
     assert results[("export", "web1.root.node1")]["comment"] == "skipped: an earlier step of this leg failed"
     assert results[("export", "db1.root.node1")]["result"] is True
     assert "error: create LV xcvg/web1.root.node1 of 268435456 bytes: lvcreate failed" in ret["comment"]
+
+
+# --- waiting for the partner's exports (both dom0s converge at the same time) ----------------
+
+REFUSALS = {
+    8: "connection timed out",  # no portal listening on the partner yet
+    19: "encountered non-retryable iSCSI login failure",  # LIO: target not found, or no ACL for us
+    24: "iSCSI login failed due to authorization failure",  # no ACL yet (open-iscsi that tells it apart)
+    20: "could not connect to iscsid",  # local: never retried
+}
+
+
+class Partner:
+    """The partner dom0 behind the login: refuses ``refusals(target)`` times, then lets us in.
+
+    A refused attempt goes through the REAL ``xencluster_iscsi.login`` with
+    ``iscsiadm --login`` failing as open-iscsi does (exit code ``retcode``),
+    so the state sees exactly what the module raises. Each attempt takes
+    ``duration`` seconds on the fake clock.
+    """
+
+    def __init__(self, run_all, writes, clock, refusals, retcode=19, duration=0):
+        self.run_all, self.writes, self.clock = run_all, writes, clock
+        self.refusals, self.retcode, self.duration = refusals, retcode, duration
+        self.attempts = {}  # target -> attempts
+        self.times = []  # (clock time, target) of each attempt
+
+    def login(self, target, portal, wait=15):
+        n = self.attempts[target] = self.attempts.get(target, 0) + 1
+        self.times.append((self.clock.now, target))
+        self.clock.now += self.duration
+        if n > self.refusals(target):
+            return self.writes.login(target, portal, wait)
+        node = ["iscsiadm", "-m", "node", "-T", target, "-p", portal]
+        self.run_all.outputs[tuple(node)] = "node.name = x\n"
+        self.run_all.outputs[(*node, "-o", "show")] = "node.startup = automatic\n"
+        self.run_all.outputs[(*node, "--login")] = {"retcode": self.retcode, "stderr": (
+            f"iscsiadm: Could not login to [iface: default, target: {target}, portal: {portal.replace(':', ',')}].\n"
+            f"iscsiadm: initiator reported error ({self.retcode} - {REFUSALS[self.retcode]})\n"
+            "iscsiadm: Could not log into all portals\n"
+        )}  # fmt: skip
+        return iscsi_mod.login(target, portal, wait)
+
+
+@pytest.fixture
+def partner(run_all, writes, clock, monkeypatch):
+    """partner(refusals, retcode=19, duration=0): install a Partner as xencluster_iscsi.login."""
+
+    def make(refusals, retcode=19, duration=0):
+        p = Partner(run_all, writes, clock, refusals, retcode, duration)
+        monkeypatch.setitem(leg_state.__salt__, "xencluster_iscsi.login", p.login)
+        return p
+
+    return make
+
+
+def waiting_lines(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == leg_state.__name__ and r.levelname == "INFO" and "waiting for" in r.getMessage()]  # fmt: skip
+
+
+def login_results(ret):
+    return {r["leg"]: r for r in ret["changes"]["results"] if r["op"] == "login"}
+
+
+def test_a_login_the_partner_refuses_twice_is_retried_and_logged(host, writes, opts, partner, clock, caplog):
+    caplog.set_level("INFO", logger=leg_state.__name__)
+    opts["test"] = True
+    predicted = leg_state.node_legs("node1")
+    opts["test"] = False
+    p = partner(lambda target: 2 if target == f"{BASE}:web1.root.node2" else 0)
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is True, ret["comment"]
+    assert ret["changes"]["actions"] == predicted["changes"]["actions"]  # waiting is not in the plan
+    logins = login_results(ret)
+    assert {leg: r["detail"]["attempts"] for leg, r in logins.items()} == {
+        "db1.root.node2": 1, "web1.data.node2": 1, "web1.root.node2": 3,
+    }  # fmt: skip
+    assert all(r["result"] for r in ret["changes"]["results"])
+    assert p.attempts[f"{BASE}:web1.root.node2"] == 3
+    assert clock.sleeps == [leg_state.LOGIN_RETRY_INTERVAL] * 2
+    target = f"{BASE}:web1.root.node2"
+    assert waiting_lines(caplog) == [
+        f"xencluster_leg: waiting for node2 to export {target} on {P2} (attempt 1, 600 s left): "
+        f"iscsiadm -m node -T {target} -p {P2} --login failed (rc 19): iscsiadm: Could not login to "
+        f"[iface: default, target: {target}, portal: 192.168.100.2,3260].\n"
+        "iscsiadm: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n"
+        "iscsiadm: Could not log into all portals",
+        f"xencluster_leg: waiting for node2 to export {target} on {P2} (attempt 2, 590 s left): "
+        f"iscsiadm -m node -T {target} -p {P2} --login failed (rc 19): iscsiadm: Could not login to "
+        f"[iface: default, target: {target}, portal: 192.168.100.2,3260].\n"
+        "iscsiadm: initiator reported error (19 - encountered non-retryable iSCSI login failure)\n"
+        "iscsiadm: Could not log into all portals",
+    ]
+    assert "error" not in ret["comment"]
+    assert writes.names().count("wait_for") == 6
+
+
+def test_a_partner_that_never_exports_fails_every_login_after_one_shared_deadline(host, writes, opts, partner, clock,
+                                                                                 caplog):  # fmt: skip
+    caplog.set_level("INFO", logger=leg_state.__name__)
+    p = partner(lambda target: float("inf"), retcode=24, duration=1)
+    start = clock.now
+    ret = leg_state.node_legs("node1", import_wait=25)
+    assert ret["result"] is False
+    # the first login waits out the deadline (attempts at 0, 11, 22, 25 s), each later one tries once
+    assert p.attempts == {f"{BASE}:db1.root.node2": 4, f"{BASE}:web1.data.node2": 1, f"{BASE}:web1.root.node2": 1}
+    assert [t - start for t, _ in p.times] == [0, 11, 22, 25, 26, 27]
+    assert clock.sleeps == [10, 10, 2] and clock.now - start == 28  # 25 s and one last try per leg, not 3 x 25 s
+    assert len(waiting_lines(caplog)) == 3
+    assert waiting_lines(caplog)[-1].startswith(
+        f"xencluster_leg: waiting for node2 to export {BASE}:db1.root.node2 on {P2} (attempt 3, 2 s left)"
+    )
+    logins = login_results(ret)
+    for leg, attempts in (("db1.root.node2", 4), ("web1.data.node2", 1), ("web1.root.node2", 1)):
+        comment = logins[leg]["comment"]
+        assert logins[leg]["result"] is False
+        assert comment.startswith(f"log in to {BASE}:{leg} on {P2} (node.startup automatic): node2 did not let this "
+                                  f"node log in to {BASE}:{leg} on {P2} within import_wait=25 s (one deadline for "
+                                  f"every login of this run; {attempts} attempt(s) for this one); last error: ")
+        assert "initiator reported error (24 - iSCSI login failed due to authorization failure)" in comment
+        assert comment in ret["comment"]
+    # the rest of those legs is skipped; the owned legs were applied before any login
+    waits = {r["leg"]: r for r in ret["changes"]["results"] if r["op"] == "wait_for"}
+    assert all(waits[leg]["comment"] == "skipped: an earlier step of this leg failed" for leg in IMPORTED1)
+    assert all(waits[leg]["result"] for leg in OWNED1)
+    assert writes.names() == ["lv_create"] * 3 + ["export"] * 3 + ["save"] + ["wait_for"] * 3
+
+
+def test_import_wait_0_makes_one_attempt(host, writes, opts, partner, clock, caplog):
+    caplog.set_level("INFO", logger=leg_state.__name__)
+    p = partner(lambda target: 1, retcode=8)
+    ret = leg_state.node_legs("node1", import_wait=0)
+    assert ret["result"] is False
+    assert p.attempts == {f"{BASE}:{leg}": 1 for leg in IMPORTED1}
+    assert clock.sleeps == [] and waiting_lines(caplog) == []
+    comment = login_results(ret)["web1.root.node2"]["comment"]
+    assert comment.startswith(f"log in to {BASE}:web1.root.node2 on {P2} (node.startup automatic): iscsiadm -m node "
+                              f"-T {BASE}:web1.root.node2 -p {P2} --login failed (rc 8): ")  # the error as it came
+    assert "initiator reported error (8 - connection timed out)" in comment
+
+
+def test_present_on_the_partner_waits_for_the_owner(host, writes, grains, partner, clock):
+    grains["id"] = "node2"
+    p = partner(lambda target: 1, retcode=8)
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
+                            import_wait=30)  # fmt: skip
+    assert ret["result"] is True, ret["comment"]
+    assert login_results(ret)["web9.root.node1"]["detail"]["attempts"] == 2
+    assert p.attempts == {f"{BASE}:web9.root.node1": 2} and clock.sleeps == [leg_state.LOGIN_RETRY_INTERVAL]
+    p = partner(lambda target: 1, retcode=8)
+    host.sessions.clear()
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
+                            import_wait=0)  # fmt: skip
+    assert ret["result"] is False and "rc 8" in ret["comment"]
+    assert p.attempts == {f"{BASE}:web9.root.node1": 1}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        SaltInvocationError("invalid target IQN: 'iqn.2025-01.lab.xen:x;reboot'"),
+        "iscsid",  # a real CommandExecutionError of xencluster_iscsi.login (rc 20: iscsid down), not marked retryable
+        RuntimeError("a bug"),
+    ],
+)
+def test_a_login_error_that_is_not_the_partner_is_not_retried(host, writes, opts, partner, clock, caplog, error,
+                                                             monkeypatch):  # fmt: skip
+    caplog.set_level("INFO", logger=leg_state.__name__)
+    p = partner(lambda target: 1, retcode=20)
+    if error != "iscsid":
+        def broken(target, portal, wait=15):
+            p.attempts[target] = p.attempts.get(target, 0) + 1
+            raise error
+
+        monkeypatch.setitem(leg_state.__salt__, "xencluster_iscsi.login", broken)
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is False
+    assert p.attempts == {f"{BASE}:{leg}": 1 for leg in IMPORTED1}
+    assert clock.sleeps == [] and waiting_lines(caplog) == []
+    comment = login_results(ret)["db1.root.node2"]["comment"]
+    assert "import_wait" not in comment
+    assert ("rc 20" if error == "iscsid" else str(error)) in comment
+
+
+@pytest.mark.parametrize("bad", [True, False, "600", "10m", -1, 3601, float("nan"), float("inf"), None, [600]])
+@pytest.mark.parametrize("test_mode", [False, True])
+def test_bad_import_wait_is_refused_before_any_read(host, writes, calls, opts, grains, bad, test_mode):
+    opts["test"] = test_mode
+    ret = leg_state.node_legs("node1", import_wait=bad)
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"] == f"import_wait must be a number of seconds from 0 (one login attempt) to 3600: {bad!r}"
+    grains["id"] = "node2"
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
+                            import_wait=bad)  # fmt: skip
+    assert ret["result"] is False and "import_wait must be a number of seconds" in ret["comment"]
+    assert calls == [] and tools(host) == [] and writes.calls == []
+
+
+@pytest.mark.parametrize("import_wait", [0, 0.5, 600, 3600])
+def test_import_wait_changes_nothing_in_the_plan_or_test_mode(host, writes, opts, grains, import_wait, context):
+    opts["test"] = True
+    default = leg_state.node_legs("node1")
+    context.clear()
+    ret = leg_state.node_legs("node1", import_wait=import_wait)
+    assert ret == default
+    assert ops(ret) == ["lv_create"] * 3 + ["export"] * 3 + ["lio_save"] + ["login"] * 3 + ["wait_for"] * 6
+    assert "import_wait" not in json.dumps(ret) and "attempt" not in json.dumps(ret)
+    grains["id"] = "node2"
+    context.clear()
+    args = {"target": f"{BASE}:web9.root.node1", "portals": [P1], "partner": "node2"}
+    assert leg_state.present("web9.root.node1", **args, import_wait=import_wait) == leg_state.present(
+        "web9.root.node1", **args
+    )
+    assert writes.calls == []
 
 
 # --- secrets -----------------------------------------------------------------------------------

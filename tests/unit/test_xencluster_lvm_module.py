@@ -1182,8 +1182,354 @@ def test_lvchange_failure_carries_stderr(run_all, recording):
 
 @pytest.mark.parametrize(
     "name", ["report", "parse_size", "lv_args", "lv_create", "lv_extend", "lv_remove",
-             "snapshot_create", "snapshot_remove", "snapshot_usage", "lv_tags"]
+             "snapshot_create", "snapshot_remove", "snapshot_usage", "lv_tags",
+             "signatures", "vg_args", "vg_create", "vg_extend"]
 )  # fmt: skip
 def test_public_functions_have_a_cli_example(name):
     doc = getattr(lvm, name).__doc__
     assert "CLI Example:" in doc and f"xencluster_lvm.{name}" in doc
+
+
+
+# --- signatures (wipefs) and volume groups -----------------------------------------------
+#
+# Real recordings (see their meta.json and tests/recordings/README.md):
+# SIGS: no VG; /dev/loop0 ext4, loop1 blank, loop2 swap, loop3 an LVM PV in no VG, loop4 a DOS
+#   partition table, loop5 blank; wipefs of all six, of the two blank ones, with a missing
+#   device, and through symlinks.
+# VGREC: after `vgcreate xcvg /dev/loop1` on the same host (loop3 still a PV in no VG, loop5
+#   blank); pvs.extended/vgs.extended after `vgextend xcvg /dev/loop5`.
+SIGS = "bookworm-signatures"
+VGREC = "bookworm-vg-created"
+W = ["wipefs", "--no-act", "--json"]
+
+
+def _recorded_commands(name):
+    """{argv tuple: {"retcode", "stdout", "stderr"}} of every wipefs command of a recording."""
+    meta = json.loads((RECORDINGS / "lvm" / name / "meta.json").read_text())
+    return {
+        tuple(c["argv"]): {
+            "retcode": c["rc"],
+            "stdout": (RECORDINGS / "lvm" / name / f"{key}.out").read_text(),
+            "stderr": c["stderr"],
+        }
+        for key, c in meta["commands"].items()
+        if key.startswith("wipefs")
+    }
+
+
+def _wipefs_rows(recording, name, key, *devices):
+    """The rows of a recorded wipefs output for ``devices`` only: what wipefs prints for those
+    devices alone (each row is one signature of one device; see SIGS' wipefs vs wipefs.blank)."""
+    data = json.loads(recording("lvm", name, key))
+    names = {d.rsplit("/", 1)[-1] for d in devices}
+    return json.dumps({"signatures": [r for r in data["signatures"] if r["device"] in names]}, indent=3)
+
+
+@pytest.fixture
+def sigs_host(run_all, recording):
+    """The SIGS host: its LVM reports by name, its wipefs commands by exact argv."""
+    for cmd in ("pvs", "vgs", "lvs"):
+        run_all.outputs[cmd] = recording("lvm", SIGS, cmd)
+    run_all.outputs.update(_recorded_commands(SIGS))
+    return run_all
+
+
+@pytest.fixture
+def vg_host(run_all, recording):
+    """The VGREC host (xcvg on /dev/loop1); wipefs by exact argv."""
+    for cmd in ("pvs", "vgs", "lvs"):
+        run_all.outputs[cmd] = recording("lvm", VGREC, cmd)
+    run_all.outputs.update(_recorded_commands(VGREC))
+    return run_all
+
+
+def test_wipefs_recordings_are_the_argv_the_module_runs():
+    for name in (SIGS, VGREC):
+        meta = json.loads((RECORDINGS / "lvm" / name / "meta.json").read_text())
+        wipefs = {k: c["argv"] for k, c in meta["commands"].items() if k.startswith("wipefs")}
+        assert wipefs, name
+        for key, argv in wipefs.items():
+            assert argv[:3] == lvm.WIPEFS_ARGV == W, key
+            assert all(a.startswith("/dev/") for a in argv[3:]), key
+        assert "util-linux 2.38.1" in meta["tool_version"][0]
+
+
+def test_signatures_parses_the_recording(sigs_host):
+    devs = [f"/dev/loop{i}" for i in range(6)]
+    sigs = lvm.signatures(devs)
+    assert sigs_host.calls == [[*W, *devs]]
+    assert sigs == {
+        "/dev/loop0": [{"type": "ext4", "offset": 0x438, "uuid": "7a4bf7dd-ec74-4110-b67c-33686b7fa215", "label": "xcrec-ext4"}],
+        "/dev/loop1": [],
+        "/dev/loop2": [{"type": "swap", "offset": 0xFF6, "uuid": "4e80d6a0-f13c-432b-97f6-a2d73ee80b7e", "label": "xcrec-swap"}],
+        "/dev/loop3": [{"type": "LVM2_member", "offset": 0x218, "uuid": "OAzZFI-W1GO-auJL-0UQ1-2Zku-AIFe-gC87yx", "label": None}],
+        "/dev/loop4": [{"type": "dos", "offset": 0x1FE, "uuid": None, "label": None}],
+        "/dev/loop5": [],
+    }  # fmt: skip
+    assert list(sigs) == devs  # in the order given
+
+
+def test_signatures_of_blank_devices_is_an_empty_array(sigs_host):
+    assert lvm.signatures(["/dev/loop1", "/dev/loop5"]) == {"/dev/loop1": [], "/dev/loop5": []}
+    assert json.loads(sigs_host.outputs[(*W, "/dev/loop1", "/dev/loop5")]["stdout"]) == {"signatures": []}
+
+
+def test_signatures_empty_stdout_means_no_signature(run_all):
+    run_all.outputs["wipefs"] = ""
+    assert lvm.signatures(["/dev/vdb", "/dev/vdc"]) == {"/dev/vdb": [], "/dev/vdc": []}
+
+
+def test_signatures_through_symlinks_are_keyed_by_the_given_path(run_all, recording):
+    """wipefs prints the basename of the path it got: ext4-link, xcrec-pv-link (recorded)."""
+    devs = ["/dev/disk/xcrec-test/ext4-link", "/dev/xcrec-pv-link", "/dev/loop1"]
+    run_all.outputs.update(_recorded_commands(SIGS))
+    sigs = lvm.signatures(devs)
+    assert [(d, [s["type"] for s in found]) for d, found in sigs.items()] == [
+        ("/dev/disk/xcrec-test/ext4-link", ["ext4"]),
+        ("/dev/xcrec-pv-link", ["LVM2_member"]),
+        ("/dev/loop1", []),
+    ]
+
+
+def test_signatures_of_a_missing_device_carries_wipefs_stderr(sigs_host):
+    with pytest.raises(CommandExecutionError) as exc:
+        lvm.signatures(["/dev/loop0", "/dev/xcrec-nope", "/dev/loop2"])
+    assert exc.value.error == (
+        "wipefs failed (rc 1): wipefs: error: /dev/xcrec-nope: probing initialization failed: "
+        "No such file or directory"
+    )
+    assert exc.value.info["retcode"] == 1
+    assert exc.value.info["argv"] == [*W, "/dev/loop0", "/dev/xcrec-nope", "/dev/loop2"]
+
+
+def test_signatures_keeps_a_usage_field_and_refuses_strange_output(run_all):
+    run_all.outputs["wipefs"] = json.dumps(
+        {"signatures": [{"device": "vdb", "offset": "0x0", "type": "gpt", "uuid": None, "label": None, "usage": "partition table"}]}
+    )
+    assert lvm.signatures(["/dev/vdb"]) == {
+        "/dev/vdb": [{"type": "gpt", "offset": 0, "uuid": None, "label": None, "usage": "partition table"}]
+    }
+    for bad in ("not json", '{"sigs": []}', '{"signatures": {}}', '{"signatures": [{"device": "vdz", "type": "ext4"}]}',
+                '{"signatures": [{"device": "vdb", "type": "ext4", "offset": "zz"}]}'):  # fmt: skip
+        run_all.outputs["wipefs"] = bad
+        with pytest.raises(CommandExecutionError, match="wipefs"):
+            lvm.signatures(["/dev/vdb"])
+
+
+def test_signatures_refuses_paths_wipefs_cannot_tell_apart(run_all):
+    with pytest.raises(SaltInvocationError, match="same basename"):
+        lvm.signatures(["/dev/disk/by-id/x", "/dev/disk/by-path/x"])
+    assert run_all.calls == []
+
+
+def test_one_device_named_twice_is_refused(run_all, monkeypatch):
+    real = {"/dev/disk/by-id/virtio-d1": "/dev/vdb"}
+    monkeypatch.setattr(lvm.os.path, "realpath", lambda p: real.get(p, p))
+    with pytest.raises(SaltInvocationError, match=r"/dev/vdb and /dev/disk/by-id/virtio-d1 are the same device"):
+        lvm.vg_create("xcvg", ["/dev/vdb", "/dev/disk/by-id/virtio-d1"])
+    assert lvm.vg_args("xcvg", ["/dev/vdb", "/dev/vdb"]) == {"vg": "xcvg", "pvs": ["/dev/vdb"]}
+    assert run_all.calls == []
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+def test_bad_vg_names_never_reach_vgcreate(run_all, bad):
+    for func in (lvm.vg_create, lvm.vg_extend, lvm.vg_args):
+        with pytest.raises(SaltInvocationError, match="invalid volume group name"):
+            func(bad, ["/dev/vdb"])
+    assert run_all.calls == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["/dev/sdb;reboot", "/dev/../etc/passwd", "sdb", "/dev/sdb:0-99", "/dev/sd b", "/dev/sdb\n", "-/dev/sdb",
+     "--all", "/dev/$(id)", "/dev/`id`", "/dev/sdb|cat", [], None, 7, ["/dev/sdb", "$(id)"], ["/dev/sdb", "--all"]],
+)  # fmt: skip
+def test_bad_pv_paths_never_reach_wipefs_or_vgcreate(run_all, bad):
+    for call in (
+        lambda: lvm.signatures(bad),
+        lambda: lvm.vg_create("xcvg", bad),
+        lambda: lvm.vg_extend("xcvg", bad),
+    ):
+        with pytest.raises(SaltInvocationError):
+            call()
+    assert run_all.calls == []
+
+
+@pytest.mark.parametrize("test", ["yes", 1, None])
+def test_test_flag_must_be_a_bool(run_all, test):
+    with pytest.raises(SaltInvocationError, match="test must be True or False"):
+        lvm.vg_create("xcvg", ["/dev/vdb"], test=test)
+    assert run_all.calls == []
+
+
+def test_vg_create_on_blank_devices(sigs_host):
+    sigs_host.outputs["vgcreate"] = '  Physical volume "/dev/loop1" successfully created.\n'
+    res = lvm.vg_create("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert sigs_host.calls[:3] == [lvm.PVS_ARGV, lvm.VGS_ARGV, lvm.LVS_ARGV]
+    assert sigs_host.calls[3:] == [[*W, "/dev/loop1", "/dev/loop5"], ["vgcreate", "xcvg", "/dev/loop1", "/dev/loop5"]]
+    assert res == {
+        "vg": "xcvg",
+        "pvs": ["/dev/loop1", "/dev/loop5"],
+        "changes": {"created": {"vg": "xcvg", "pvs": ["/dev/loop1", "/dev/loop5"]}},
+        "test": False,
+    }
+
+
+def test_vg_create_test_mode_runs_only_the_reads(sigs_host):
+    res = lvm.vg_create("xcvg", ["/dev/loop1", "/dev/loop5"], test=True)
+    assert sigs_host.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+    assert res["changes"] == {"created": {"vg": "xcvg", "pvs": ["/dev/loop1", "/dev/loop5"]}}
+    assert res["test"] is True
+
+
+def test_vg_create_refuses_every_signature_and_names_them(sigs_host):
+    devs = [f"/dev/loop{i}" for i in range(6)]
+    with pytest.raises(CommandExecutionError) as exc:
+        lvm.vg_create("xcvg", devs)
+    msg = str(exc.value)
+    assert msg.startswith(
+        "refusing to put /dev/loop0, /dev/loop2, /dev/loop3, /dev/loop4 into volume group xcvg: "
+        "/dev/loop0 carries ext4; /dev/loop2 carries swap; /dev/loop3 carries LVM2_member; "
+        "/dev/loop4 carries dos. xencluster never wipes a device"
+    ), msg
+    assert "vgcreate" not in sigs_host.commands()
+
+
+@pytest.mark.parametrize(
+    "dev,kind", [("/dev/loop0", "ext4"), ("/dev/loop2", "swap"), ("/dev/loop3", "LVM2_member"), ("/dev/loop4", "dos")]
+)  # fmt: skip
+def test_vg_create_refuses_one_signed_device_among_blank_ones(sigs_host, recording, dev, kind):
+    sigs_host.outputs[(*W, "/dev/loop1", dev)] = _wipefs_rows(recording, SIGS, "wipefs", dev)
+    with pytest.raises(CommandExecutionError, match=f"^refusing to put {dev} into volume group xcvg: {dev} carries {kind}\\. "):
+        lvm.vg_create("xcvg", ["/dev/loop1", dev])
+    assert sigs_host.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+
+
+def test_vg_create_refuses_several_signatures_on_one_device(run_all, recording):
+    for cmd in ("pvs", "vgs", "lvs"):
+        run_all.outputs[cmd] = recording("lvm", SIGS, cmd)
+    # SYNTHETIC: a GPT disk shows two rows (gpt at 0x200 and PMBR at 0x1fe), as wipefs lists them
+    run_all.outputs["wipefs"] = json.dumps({"signatures": [
+        {"device": "vdb", "offset": "0x200", "type": "gpt", "uuid": None, "label": None},
+        {"device": "vdb", "offset": "0x1fe", "type": "PMBR", "uuid": None, "label": None},
+    ]})  # fmt: skip
+    with pytest.raises(CommandExecutionError, match="/dev/vdb carries gpt, PMBR"):
+        lvm.vg_create("xcvg", ["/dev/vdb"])
+
+
+def test_vg_create_refuses_an_existing_vg_before_wipefs(vg_host):
+    with pytest.raises(CommandExecutionError, match=r"^volume group xcvg already exists \(on /dev/loop1\): use vg_extend$"):
+        lvm.vg_create("xcvg", ["/dev/loop5"])
+    assert vg_host.commands() == ["pvs", "vgs", "lvs"]
+
+
+def test_vg_create_refuses_a_pv_of_another_vg_before_wipefs(vg_host):
+    with pytest.raises(
+        CommandExecutionError,
+        match=r"^refusing to put /dev/loop1 into volume group xcnew: /dev/loop1 is a physical volume of volume group xcvg$",
+    ):
+        lvm.vg_create("xcnew", ["/dev/loop5", "/dev/loop1"])
+    assert vg_host.commands() == ["pvs", "vgs", "lvs"]
+
+
+def test_vg_create_refuses_an_orphan_pv(vg_host, recording):
+    """A PV in no VG has an LVM2_member label: refused like any signature (vgcreate would reuse it)."""
+    vg_host.outputs[(*W, "/dev/loop3")] = _wipefs_rows(recording, VGREC, "wipefs", "/dev/loop3")
+    with pytest.raises(CommandExecutionError, match="/dev/loop3 carries LVM2_member"):
+        lvm.vg_create("xcnew", ["/dev/loop3"])
+
+
+def test_vg_create_missing_device_carries_stderr(sigs_host):
+    with pytest.raises(CommandExecutionError, match="/dev/xcrec-nope: probing initialization failed"):
+        lvm.vg_create("xcvg", ["/dev/loop0", "/dev/xcrec-nope", "/dev/loop2"])
+    assert sigs_host.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+
+
+def test_vgcreate_failure_carries_stderr(sigs_host):
+    sigs_host.outputs["vgcreate"] = {"retcode": 5, "stderr": "  Device /dev/loop1 excluded by a filter.\n"}
+    with pytest.raises(CommandExecutionError, match=r"vgcreate failed \(rc 5\): Device /dev/loop1 excluded by a filter"):
+        lvm.vg_create("xcvg", ["/dev/loop1", "/dev/loop5"])
+
+
+def test_vg_create_symlink_pv_of_another_vg(vg_host, monkeypatch):
+    real = {"/dev/disk/by-id/virtio-n1data1": "/dev/loop1"}
+    monkeypatch.setattr(lvm.os.path, "realpath", lambda p: real.get(p, p))
+    with pytest.raises(
+        CommandExecutionError,
+        match=r"/dev/disk/by-id/virtio-n1data1 \(/dev/loop1\) is a physical volume of volume group xcvg$",
+    ):
+        lvm.vg_create("xcnew", ["/dev/disk/by-id/virtio-n1data1"])
+
+
+def test_vg_extend_adds_only_what_is_missing(vg_host):
+    vg_host.outputs[(*W, "/dev/loop5")] = ""  # loop5 has no signature (blank in VGREC's wipefs)
+    vg_host.outputs["vgextend"] = ""
+    res = lvm.vg_extend("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert vg_host.calls[3:] == [[*W, "/dev/loop5"], ["vgextend", "xcvg", "/dev/loop5"]]
+    assert res == {
+        "vg": "xcvg",
+        "pvs": ["/dev/loop1", "/dev/loop5"],
+        "added": ["/dev/loop5"],
+        "changes": {"extended": {"vg": "xcvg", "added": ["/dev/loop5"]}},
+        "test": False,
+    }
+
+
+def test_vg_extend_test_mode(vg_host):
+    vg_host.outputs[(*W, "/dev/loop5")] = ""
+    res = lvm.vg_extend("xcvg", ["/dev/loop5"], test=True)
+    assert vg_host.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+    assert res["changes"] == {"extended": {"vg": "xcvg", "added": ["/dev/loop5"]}}
+
+
+def test_vg_extend_converged_runs_only_the_report(run_all, recording):
+    run_all.outputs["pvs"] = recording("lvm", VGREC, "pvs.extended")
+    run_all.outputs["vgs"] = recording("lvm", VGREC, "vgs.extended")
+    run_all.outputs["lvs"] = recording("lvm", VGREC, "lvs")
+    res = lvm.vg_extend("xcvg", ["/dev/loop5", "/dev/loop1"])
+    assert run_all.commands() == ["pvs", "vgs", "lvs"]
+    assert (res["added"], res["changes"]) == ([], {})
+
+
+def test_vg_extend_never_removes_unlisted_pvs(run_all, recording):
+    run_all.outputs["pvs"] = recording("lvm", VGREC, "pvs.extended")
+    run_all.outputs["vgs"] = recording("lvm", VGREC, "vgs.extended")
+    run_all.outputs["lvs"] = recording("lvm", VGREC, "lvs")
+    assert lvm.vg_extend("xcvg", ["/dev/loop5"])["changes"] == {}
+    assert run_all.commands() == ["pvs", "vgs", "lvs"]  # no vgreduce, nothing
+
+
+def test_vg_extend_refuses_a_signed_device(vg_host, recording):
+    vg_host.outputs[(*W, "/dev/loop3")] = _wipefs_rows(recording, VGREC, "wipefs", "/dev/loop3")
+    with pytest.raises(CommandExecutionError, match="^refusing to put /dev/loop3 into volume group xcvg: /dev/loop3 carries LVM2_member"):
+        lvm.vg_extend("xcvg", ["/dev/loop1", "/dev/loop3"])
+    assert "vgextend" not in vg_host.commands()
+
+
+def test_vg_extend_refuses_a_pv_of_another_vg(run_all, recording):
+    run_all.outputs["pvs"] = recording("lvm", VGREC, "pvs.extended")
+    # SYNTHETIC: a second VG row next to the recorded xcvg (no PV of it needed for this check)
+    vgs = json.loads(recording("lvm", VGREC, "vgs.extended"))
+    vgs["report"][0]["vg"].append(dict(vgs["report"][0]["vg"][0], vg_name="xcother", pv_count="0"))
+    run_all.outputs["vgs"] = json.dumps(vgs)
+    run_all.outputs["lvs"] = recording("lvm", VGREC, "lvs")
+    with pytest.raises(CommandExecutionError, match="^refusing to put /dev/loop5 into volume group xcother: /dev/loop5 is a physical volume of volume group xcvg$"):
+        lvm.vg_extend("xcother", ["/dev/loop5"])
+    assert run_all.commands() == ["pvs", "vgs", "lvs"]
+
+
+def test_vg_extend_missing_vg(sigs_host):
+    with pytest.raises(CommandExecutionError, match="^volume group xcvg not found: use vg_create$"):
+        lvm.vg_extend("xcvg", ["/dev/loop1"])
+    assert sigs_host.commands() == ["pvs", "vgs", "lvs"]
+
+
+def test_vg_extend_missing_device_carries_stderr(vg_host):
+    vg_host.outputs[(*W, "/dev/nope")] = {
+        "retcode": 1,
+        "stderr": "wipefs: error: /dev/nope: probing initialization failed: No such file or directory\n",
+    }  # the message recorded in SIGS' wipefs.missing, for this path
+    with pytest.raises(CommandExecutionError, match="/dev/nope: probing initialization failed"):
+        lvm.vg_extend("xcvg", ["/dev/nope"])
+    assert "vgextend" not in vg_host.commands()

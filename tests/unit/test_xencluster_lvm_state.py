@@ -8,6 +8,8 @@ extents, web1-disk0-a linear 320M in two segments, db1-disk0-a 2 x 64k stripes
 
 import copy
 import json
+import os
+import pathlib
 
 import pytest
 
@@ -27,7 +29,10 @@ def opts():
 def configure_loader_modules(run_all, opts):
     exec_funcs = {
         f"xencluster_lvm.{name}": getattr(lvm_mod, name)
-        for name in ("report", "lv_args", "lv_create", "lv_extend", "parse_size")
+        for name in (
+            "report", "lv_args", "lv_create", "lv_extend", "parse_size",
+            "vg_args", "signatures", "vg_create", "vg_extend",
+        )  # fmt: skip
     }
     return {
         lvm_mod: {"__salt__": {"cmd.run_all": run_all}},
@@ -220,3 +225,317 @@ def test_missing_vg_fails_in_test_mode_too(recorded, opts):
     opts["test"] = True
     ret = lvm_state.lv_present("new1", "vg9", "10M")
     assert ret["result"] is False and ret["comment"] == "volume group vg9 not found"
+
+
+
+# --- vg_present ------------------------------------------------------------------------
+#
+# Real recordings: SIGS is a host with no VG (/dev/loop0 ext4, loop1 blank, loop2 swap,
+# loop3 a PV in no VG, loop4 a DOS partition table, loop5 blank); VGREC is the same host
+# after `vgcreate xcvg /dev/loop1`, and its pvs.extended/vgs.extended after
+# `vgextend xcvg /dev/loop5`.
+
+SIGS = "bookworm-signatures"
+VGREC = "bookworm-vg-created"
+W = ["wipefs", "--no-act", "--json"]
+RECORDINGS = pathlib.Path(__file__).resolve().parents[1] / "recordings"
+
+
+def _wipefs_commands(name):
+    meta = json.loads((RECORDINGS / "lvm" / name / "meta.json").read_text())
+    return {
+        tuple(c["argv"]): {
+            "retcode": c["rc"],
+            "stdout": (RECORDINGS / "lvm" / name / f"{key}.out").read_text(),
+            "stderr": c["stderr"],
+        }
+        for key, c in meta["commands"].items()
+        if key.startswith("wipefs")
+    }
+
+
+def _wipefs_rows(recording, name, *devices):
+    """The recorded wipefs rows of ``devices`` only (what wipefs prints for them alone)."""
+    data = json.loads(recording("lvm", name, "wipefs"))
+    names = {d.rsplit("/", 1)[-1] for d in devices}
+    return json.dumps({"signatures": [r for r in data["signatures"] if r["device"] in names]})
+
+
+def _host(run_all, recording, name, pvs="pvs", vgs="vgs"):
+    run_all.outputs["pvs"] = recording("lvm", name, pvs)
+    run_all.outputs["vgs"] = recording("lvm", name, vgs)
+    run_all.outputs["lvs"] = recording("lvm", name, "lvs")
+    run_all.outputs.update(_wipefs_commands(name))
+    return run_all
+
+
+@pytest.fixture
+def no_vg(run_all, recording):
+    return _host(run_all, recording, SIGS)
+
+
+@pytest.fixture
+def one_pv(run_all, recording):
+    """xcvg on /dev/loop1; wipefs of /dev/loop5 alone answers blank (it is blank in VGREC)."""
+    _host(run_all, recording, VGREC)
+    run_all.outputs[(*W, "/dev/loop5")] = _wipefs_rows(recording, VGREC, "/dev/loop5")
+    return run_all
+
+
+@pytest.fixture
+def two_pvs(run_all, recording):
+    """xcvg on /dev/loop1 and /dev/loop5 (after the recorded vgextend)."""
+    return _host(run_all, recording, VGREC, "pvs.extended", "vgs.extended")
+
+
+def _become(run_all, recording):
+    """After vgcreate/vgextend the host shows xcvg on loop1 and loop5 (the recorded end state)."""
+    run_all.outputs["pvs"] = recording("lvm", VGREC, "pvs.extended")
+    run_all.outputs["vgs"] = recording("lvm", VGREC, "vgs.extended")
+
+
+def _report(run_all):
+    rep = lvm_mod.report()
+    run_all.calls.clear()
+    return rep
+
+
+# the plan (pure)
+
+
+def test_plan_vg_create(no_vg):
+    rep = _report(no_vg)
+    sigs = {"/dev/loop1": [], "/dev/loop5": []}
+    assert lvm_state._plan_vg(rep, sigs, "xcvg", ["/dev/loop1", "/dev/loop5"]) == {  # pylint: disable=protected-access
+        "action": "create",
+        "add": ["/dev/loop1", "/dev/loop5"],
+        "comment": "volume group xcvg would be created on /dev/loop1, /dev/loop5",
+    }
+
+
+def test_plan_vg_extend(one_pv):
+    rep = _report(one_pv)
+    p = lvm_state._plan_vg(rep, {"/dev/loop5": []}, "xcvg", ["/dev/loop1", "/dev/loop5"])  # pylint: disable=protected-access
+    assert (p["action"], p["add"]) == ("extend", ["/dev/loop5"])
+    assert p["comment"] == "volume group xcvg would be extended with /dev/loop5"
+
+
+def test_plan_vg_converged_needs_no_signatures(two_pvs):
+    rep = _report(two_pvs)
+    assert lvm_state._plan_vg(rep, {}, "xcvg", ["/dev/loop5", "/dev/loop1"]) == {  # pylint: disable=protected-access
+        "action": "none",
+        "add": [],
+        "comment": "volume group xcvg is present with /dev/loop5, /dev/loop1",
+    }
+
+
+def test_plan_vg_resolves_symlinks(two_pvs):
+    rep = _report(two_pvs)
+    realpaths = {"/dev/disk/by-id/virtio-n1data1": "/dev/loop1", "/dev/disk/by-id/virtio-n1data5": "/dev/loop5"}
+    p = lvm_state._plan_vg(rep, {}, "xcvg", list(realpaths), realpaths)  # pylint: disable=protected-access
+    assert (p["action"], p["add"]) == ("none", [])
+    p = lvm_state._plan_vg(rep, {}, "xcvg", list(realpaths))  # pylint: disable=protected-access
+    assert p["action"] == "error"  # unresolved, they are unknown devices with no probe
+    assert "was not probed" in p["comment"]
+
+
+def test_plan_vg_errors(one_pv):
+    rep = _report(one_pv)
+    ext4 = [{"type": "ext4", "offset": 1080, "uuid": "u", "label": None}]
+    p = lvm_state._plan_vg(rep, {"/dev/loop0": ext4}, "xcvg", ["/dev/loop1", "/dev/loop0"])  # pylint: disable=protected-access
+    assert p == {
+        "action": "error",
+        "add": [],
+        "comment": (
+            "volume group xcvg: refusing: /dev/loop0 carries ext4. xencluster never wipes a device: "
+            "if what is on it may go, wipe it yourself (wipefs --all DEVICE) and run again"
+        ),
+    }
+    p = lvm_state._plan_vg(rep, {}, "xcnew", ["/dev/loop1"])  # pylint: disable=protected-access
+    assert p["comment"] == "volume group xcnew: refusing: /dev/loop1 is a physical volume of volume group xcvg"
+    lvm2 = [{"type": "LVM2_member", "offset": 536, "uuid": "u", "label": None}]
+    p = lvm_state._plan_vg(rep, {"/dev/loop3": lvm2}, "xcvg", ["/dev/loop3"])  # pylint: disable=protected-access
+    assert "/dev/loop3 carries LVM2_member (an LVM PV of no VG: pvremove it if it is not needed)" in p["comment"]
+    p = lvm_state._plan_vg(rep, {"/dev/loop5": []}, "xcvg", ["/dev/loop5", "/dev/loop5"])  # pylint: disable=protected-access
+    assert p["action"] == "error" and "/dev/loop5 is listed twice" in p["comment"]
+
+
+def test_plan_vg_warns_about_unlisted_pvs(two_pvs):
+    rep = _report(two_pvs)
+    p = lvm_state._plan_vg(rep, {}, "xcvg", ["/dev/loop1"])  # pylint: disable=protected-access
+    assert p == {
+        "action": "none",
+        "add": [],
+        "comment": (
+            "volume group xcvg is present with /dev/loop1; warning: /dev/loop5 is a PV of xcvg "
+            "but not listed (this state never removes a PV from a VG)"
+        ),
+    }
+
+
+def test_plan_vg_is_pure(one_pv):
+    rep = _report(one_pv)
+    before = copy.deepcopy(rep)
+    sigs = {"/dev/loop5": []}
+    lvm_state._plan_vg(rep, sigs, "xcvg", ["/dev/loop1", "/dev/loop5"])  # pylint: disable=protected-access
+    assert rep == before and sigs == {"/dev/loop5": []}
+
+
+# the state
+
+
+def test_vg_present_creates_then_is_converged(no_vg, recording, opts):
+    opts["test"] = True
+    dry = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert dry["result"] is None
+    assert no_vg.commands() == ["pvs", "vgs", "lvs", "wipefs"]  # one read, nothing written
+
+    opts["test"] = False
+    no_vg.calls.clear()
+    no_vg.outputs["vgcreate"] = ""
+    no_vg.effects["vgcreate"] = lambda argv: _become(no_vg, recording)
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert ret["result"] is True, ret
+    assert ret["changes"] == {"created": {"vg": "xcvg", "pvs": ["/dev/loop1", "/dev/loop5"]}}
+    assert ret["changes"] == dry["changes"]
+    assert ret["comment"] == "volume group xcvg created on /dev/loop1, /dev/loop5"
+    # the plan's read, then vg_create's own check right before vgcreate
+    assert no_vg.commands() == ["pvs", "vgs", "lvs", "wipefs", "pvs", "vgs", "lvs", "wipefs", "vgcreate"]
+    assert no_vg.calls[3] == [*W, "/dev/loop1", "/dev/loop5"]
+    assert no_vg.calls[-1] == ["vgcreate", "xcvg", "/dev/loop1", "/dev/loop5"]
+
+    no_vg.calls.clear()
+    again = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert (again["result"], again["changes"]) == (True, {})
+    assert again["comment"] == "volume group xcvg is present with /dev/loop1, /dev/loop5"
+    assert no_vg.commands() == ["pvs", "vgs", "lvs"]  # converged: one report, no wipefs
+
+
+def test_vg_present_extends(one_pv, recording, opts):
+    opts["test"] = True
+    dry = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert dry["result"] is None
+    assert dry["changes"] == {"extended": {"vg": "xcvg", "added": ["/dev/loop5"]}}
+    assert one_pv.calls[3] == [*W, "/dev/loop5"]  # only the PV not yet in the VG is probed
+
+    opts["test"] = False
+    one_pv.calls.clear()
+    one_pv.outputs["vgextend"] = ""
+    one_pv.effects["vgextend"] = lambda argv: _become(one_pv, recording)
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert ret["result"] is True, ret
+    assert ret["changes"] == dry["changes"]
+    assert ret["comment"] == "volume group xcvg extended with /dev/loop5"
+    assert one_pv.calls[-1] == ["vgextend", "xcvg", "/dev/loop5"]
+    assert one_pv.commands().count("vgextend") == 1
+
+    one_pv.calls.clear()
+    again = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert (again["result"], again["changes"]) == (True, {})
+    assert one_pv.commands() == ["pvs", "vgs", "lvs"]
+
+
+@pytest.mark.parametrize("test_mode", [True, False])
+def test_vg_present_converged_makes_no_wipefs_call(two_pvs, opts, test_mode):
+    opts["test"] = test_mode
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert (ret["result"], ret["changes"]) == (True, {})
+    assert two_pvs.calls == [lvm_mod.PVS_ARGV, lvm_mod.VGS_ARGV, lvm_mod.LVS_ARGV]
+
+
+def test_vg_present_symlinks_compare_by_realpath(two_pvs, monkeypatch):
+    links = {"/dev/disk/by-id/virtio-n1data1": "/dev/loop1", "/dev/disk/by-id/virtio-n1data5": "/dev/loop5"}
+    real_realpath = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p: links.get(p) or real_realpath(p))
+    ret = lvm_state.vg_present("xcvg", list(links))
+    assert (ret["result"], ret["changes"]) == (True, {}), ret
+    assert two_pvs.commands() == ["pvs", "vgs", "lvs"]
+
+
+def test_vg_present_unlisted_pv_is_only_a_warning(two_pvs):
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop5"])
+    assert (ret["result"], ret["changes"]) == (True, {})
+    assert "warning: /dev/loop1 is a PV of xcvg but not listed" in ret["comment"]
+    assert two_pvs.commands() == ["pvs", "vgs", "lvs"]  # no vgreduce, nothing
+
+
+def test_vg_present_extend_keeps_the_warning(one_pv, recording):
+    """xcvg on loop1; asking for loop5 only: loop5 is added, loop1 stays (warning)."""
+    one_pv.outputs["vgextend"] = ""
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop5"])
+    assert ret["result"] is True, ret
+    assert ret["changes"] == {"extended": {"vg": "xcvg", "added": ["/dev/loop5"]}}
+    assert ret["comment"].endswith("warning: /dev/loop1 is a PV of xcvg but not listed (this state never removes a PV from a VG)")
+    assert "vgreduce" not in one_pv.commands()
+
+
+@pytest.mark.parametrize("test_mode", [True, False])
+def test_vg_present_refuses_signed_devices(no_vg, opts, test_mode):
+    opts["test"] = test_mode
+    ret = lvm_state.vg_present("xcvg", [f"/dev/loop{i}" for i in range(6)])
+    assert ret["result"] is False
+    assert ret["changes"] == {}
+    assert ret["comment"].startswith(
+        "volume group xcvg: refusing: /dev/loop0 carries ext4; /dev/loop2 carries swap; "
+        "/dev/loop3 carries LVM2_member (an LVM PV of no VG: pvremove it if it is not needed); "
+        "/dev/loop4 carries dos. xencluster never wipes a device"
+    ), ret["comment"]
+    assert no_vg.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+
+
+def test_vg_present_refuses_a_pv_of_another_vg(one_pv):
+    ret = lvm_state.vg_present("xcnew", ["/dev/loop5", "/dev/loop1"])
+    assert ret["result"] is False
+    assert ret["comment"] == "volume group xcnew: refusing: /dev/loop1 is a physical volume of volume group xcvg"
+    # only the device in no VG is probed; nothing is written
+    assert one_pv.calls[3:] == [[*W, "/dev/loop5"]]
+
+
+@pytest.mark.parametrize("test_mode", [True, False])
+def test_vg_present_missing_device_fails_with_wipefs_stderr(no_vg, opts, test_mode):
+    opts["test"] = test_mode
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop0", "/dev/xcrec-nope", "/dev/loop2"])
+    assert ret["result"] is False
+    assert ret["comment"].startswith(
+        "cannot probe /dev/loop0, /dev/xcrec-nope, /dev/loop2 for signatures: wipefs failed (rc 1): "
+        "wipefs: error: /dev/xcrec-nope: probing initialization failed: No such file or directory"
+    ), ret["comment"]
+    assert no_vg.commands() == ["pvs", "vgs", "lvs", "wipefs"]
+
+
+def test_vg_present_vgcreate_failure(no_vg):
+    no_vg.outputs["vgcreate"] = {"retcode": 5, "stderr": "  Device /dev/loop1 excluded by a filter.\n"}
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith(
+        "create of volume group xcvg failed: vgcreate failed (rc 5): Device /dev/loop1 excluded by a filter"
+    )
+
+
+def test_vg_present_device_signed_between_plan_and_apply(no_vg, recording):
+    """vg_create checks again right before vgcreate: a signature that appeared meanwhile stops it."""
+    key = (*W, "/dev/loop1", "/dev/loop5")  # recorded: both blank, for the plan's probe
+    signed = _wipefs_rows(recording, SIGS, "/dev/loop0").replace('"loop0"', '"loop5"')  # then: ext4 on loop5
+    no_vg.effects["wipefs"] = lambda argv: no_vg.outputs.__setitem__(key, signed)
+    ret = lvm_state.vg_present("xcvg", ["/dev/loop1", "/dev/loop5"])
+    assert ret["result"] is False
+    assert "/dev/loop5 carries ext4" in ret["comment"]
+    assert "vgcreate" not in no_vg.commands()
+
+
+@pytest.mark.parametrize("test_mode", [True, False])
+@pytest.mark.parametrize(
+    "name,pvs,match",
+    [
+        ("xcvg; reboot", ["/dev/loop1"], "invalid volume group name"),
+        ("xcvg", ["/dev/loop1;reboot"], "invalid physical volume path"),
+        ("xcvg", ["--all"], "invalid physical volume path"),
+        ("xcvg", [], "non-empty list"),
+        ("xcvg", None, "non-empty list"),
+    ],
+)
+def test_vg_present_bad_arguments_fail_before_any_command(run_all, opts, test_mode, name, pvs, match):
+    opts["test"] = test_mode
+    ret = lvm_state.vg_present(name, pvs)
+    assert ret["result"] is False and match in ret["comment"], ret
+    assert run_all.calls == []

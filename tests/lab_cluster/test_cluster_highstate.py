@@ -1,0 +1,302 @@
+"""The whole cluster from pillar: `salt node1,node2 state.highstate` on bare dom0s.
+
+The model is pillar/xencluster/lab.sls (given to node1..node9 by pillar/top.sls;
+salt/top.sls gives every dom0 of the model the xencluster formula). Three probe
+guests (busybox + mdadm, lab/files/domu/probe-init) each mirror their first
+disk pair with md RAID1 and ping a peer every 2 s:
+
+    web1  node1  VLAN 10  10.10.0.11 -> db1    must reach it (VLAN 10 across the nodes)
+    db1   node2  VLAN 10  10.10.0.12 -> web1   must reach it
+    app1  node1  VLAN 20  10.10.0.13 -> db1    must NOT reach it (another VLAN)
+
+In order, on a cluster wiped and booted fresh for this module (bare dom0s):
+
+1. every bad-pillar case of the model is refused with the validator's line
+   (key path first) by a highstate of both nodes, and nothing on either host
+   changes;
+2. `test=True` changes nothing and predicts the states the real run then
+   changes, and for xencluster's own states the exact actions;
+3. the real highstate builds the VGs, legs (LVs, LIO exports, iSCSI imports,
+   stable paths), the network (bond, VLANs, bridges) and starts each guest on
+   its pinned node; the guests boot, their arrays show both legs ([UU]), and
+   the VLANs connect and separate as above;
+4. a second highstate changes nothing;
+5. `xencluster_guest.running db1` on node1 (db1 runs on node2) is refused with
+   the reason, and db1 is not started twice;
+6. pulling node1's active service link (eth2): the bond fails over to eth3
+   and web1 keeps reaching db1.
+
+This module wipes and reboots the lab and leaves it converged (bonds, LVM
+filter, running guests), so it runs last (conftest.py).
+"""
+
+import json
+import pathlib
+import re
+import sys
+import time
+
+import pytest
+from salt.utils.dictupdate import merge
+from salt.utils.yaml import safe_load
+from labcli import lab, salt, salt_run
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(5400)]
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NODES = ["node1", "node2"]
+BOTH = ",".join(NODES)
+HOME = {"web1": "node1", "db1": "node2", "app1": "node1"}
+HIGHSTATE_TIMEOUT = 2400
+BEAT = re.compile(r"^HB ([0-9]+) md=(.*?)( net=(ok|fail))?\s*$", re.M)
+
+
+def lab_model():
+    return safe_load((ROOT / "pillar" / "xencluster" / "lab.sls").read_text())
+
+
+def validator_lines(override):
+    """What xencluster_model.validate says of the lab pillar merged with ``override``, run here."""
+    sys.path.insert(0, str(ROOT))
+    from saltext.xencluster.modules import xencluster_model as xm  # pylint: disable=import-outside-toplevel
+
+    merged = merge(lab_model(), override, merge_lists=False)
+    try:
+        xm.validate(merged["xencluster"])
+    except Exception as exc:  # pylint: disable=broad-except
+        return [line for line in str(exc).splitlines() if line.startswith("xencluster.")]
+    raise AssertionError(f"the lab model with {override} is valid: not a bad-pillar case")
+
+
+def ssh(node, line, check=True):
+    proc = lab("ssh", node, line, check=False, timeout=300)
+    if check:
+        assert proc.returncode == 0, (node, line, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def each(function, *args, timeout=300):
+    """{node: return} of one function on both nodes."""
+    ret = salt(BOTH, function, *args, "-L", timeout=timeout)
+    assert sorted(ret) == NODES, ret
+    return ret
+
+
+def fingerprint():
+    """What a highstate would change, read on both nodes (storage, LIO, iSCSI, Xen, files)."""
+    found = {node: {} for node in NODES}
+    links = '["ip", "-o", "link", "show"]'
+    for function, args in [
+        ("xencluster_lvm.report", ()),
+        ("xencluster_lio.exports", ()),
+        ("xencluster_iscsi.sessions", ()),
+        ("xencluster_xl.list_domains", ()),
+        ("file.readdir", ("/etc/systemd/network",)),
+        ("file.readdir", ("/etc/udev/rules.d",)),
+        ("file.readdir", ("/etc/xen",)),
+        ("cmd.run_all", (json.dumps([
+            "sha256sum", "/etc/iscsi/initiatorname.iscsi", "/etc/iscsi/iscsid.conf", "/etc/default/xen",
+            "/etc/default/mdadm", "/etc/mdadm/mdadm.conf", "/etc/lvm/lvmlocal.conf",
+            "/etc/modules-load.d/salt_managed.conf"]), "python_shell=False")),
+        ("cmd.run_all", (links, "python_shell=False")),
+    ]:  # fmt: skip
+        for node, value in each(function, *args).items():
+            if function == "xencluster_xl.list_domains":
+                value = sorted(d["name"] for d in value)
+            if function == "cmd.run_all":
+                value = (value["stdout"], value["stderr"])
+            if args and args[0] == links:
+                # flags and state (UP, LOWER_UP) move by themselves; names, masters and MACs do not
+                value = sorted(re.sub(r"<[^>]*>|state \S+|qlen \d+", "", line) for line in value[0].splitlines())
+            found[node][f"{function} {' '.join(args)[:40]}"] = value
+    return found
+
+
+def highstate(*args):
+    return each("state.highstate", *args, timeout=HIGHSTATE_TIMEOUT)
+
+
+def by_id(node_ret):
+    assert isinstance(node_ret, dict), f"render errors: {node_ret}"
+    return {state["__id__"]: state for state in node_ret.values()}
+
+
+def console(node, guest):
+    return ssh(node, f"cat /var/log/xen/console/guest-{guest}.log 2>/dev/null || true")
+
+
+def beats(node, guest):
+    """[(n, md status, net)] of the guest's heartbeats on node."""
+    return [(int(n), md, net) for n, md, _, net in BEAT.findall(console(node, guest))]
+
+
+def wait_until(what, probe, timeout, interval=5):
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        ok, last = probe()
+        if ok:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"{what}: not within {timeout} s; last seen: {last}")
+
+
+@pytest.fixture(scope="module")
+def bare(lab_cluster):
+    """Fresh overlays and data disks: dom0s as the image left them, the extension synced."""
+    lab("down", "--hard", "--wipe", timeout=600)
+    lab("up", str(len(NODES)), timeout=1800)
+    lab("master", timeout=900)
+    synced = each("saltutil.sync_all")
+    assert all(isinstance(synced[node], dict) for node in NODES), synced
+    assert each("state.show_top") == {node: {"base": ["xencluster"]} for node in NODES}
+    return fingerprint()
+
+
+BAD_PILLARS = {
+    "both legs on one node": {"xencluster": {"guests": {"web1": {"disks": [
+        {"name": "root", "size": "256M", "nodes": ["node1", "node1"], "vg": "xcvg"}]}}}},
+    "unknown node": {"xencluster": {"guests": {"db1": {"disks": [
+        {"name": "root", "size": "256M", "nodes": ["node2", "node7"], "vg": "xcvg"}]}}}},
+    "unknown VG": {"xencluster": {"guests": {"db1": {"disks": [
+        {"name": "root", "size": "256M", "nodes": ["node2", "node1"], "vg": "nosuchvg"}]}}}},
+    "duplicate disk names": {"xencluster": {"guests": {"db1": {"disks": [
+        {"name": "root", "size": "256M", "nodes": ["node2", "node1"], "vg": "xcvg"},
+        {"name": "root", "size": "64M", "nodes": ["node2", "node1"], "vg": "xcvg"}]}}}},
+    "unsafe guest name": {"xencluster": {"guests": {"db2;reboot": {
+        "memory": "128M", "kernel": "/vmlinuz", "node": "node2",
+        "disks": [{"name": "root", "size": "64M", "nodes": ["node2", "node1"], "vg": "xcvg"}]}}}},
+    "size that does not parse": {"xencluster": {"guests": {"db1": {"disks": [
+        {"name": "root", "size": "256 parsecs", "nodes": ["node2", "node1"], "vg": "xcvg"}]}}}},
+    "overlapping MACs": {"xencluster": {"guests": {"db1": {"interfaces": [
+        {"vlan": 10, "mac": "00:16:3e:00:01:01"}]}}}},
+    "VLAN out of range": {"xencluster": {"nodes": {"node1": {"vlans": {
+        "4095": {"bridge": "br-svc4095", "parent": "bond0"}}}}}},
+    "pinned outside its pair": {"xencluster": {
+        "nodes": {"node3": {"mgmt_interface": "eth0", "san": [{"interface": "eth1", "address": "192.168.100.3/24"}],
+                            "vgs": {"xcvg": {"pvs": ["/dev/vdb"]}},
+                            "vlans": {"10": {"bridge": "br-svc10", "parent": "eth2"}}}},
+        "guests": {"db1": {"node": "node1", "disks": [
+            {"name": "root", "size": "256M", "nodes": ["node2", "node3"], "vg": "xcvg"}]}}}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PILLARS))
+def test_a_bad_pillar_stops_every_highstate_with_its_key_path(bare, case):
+    override = BAD_PILLARS[case]
+    expected = validator_lines(override)
+    assert expected, case
+    began = time.monotonic()
+    ret = highstate(f"pillar={json.dumps(override)}")
+    took = time.monotonic() - began
+    for node in NODES:
+        assert isinstance(ret[node], list), f"{case}: {node} ran states: {str(ret[node])[:2000]}"
+        text = "\n".join(ret[node])
+        for line in expected:
+            assert line in text, f"{case}: {node} did not say {line!r}:\n{text[:3000]}"
+    assert took < 300, f"{case}: the refusal took {took:.0f} s"
+
+
+def test_bad_pillars_changed_nothing_on_either_host(bare):
+    assert fingerprint() == bare
+
+
+@pytest.fixture(scope="module")
+def predicted(bare):
+    ret = highstate("test=True")
+    return {node: by_id(ret[node]) for node in NODES}
+
+
+def test_test_mode_changes_nothing(bare, predicted):
+    failed = {node: {sid: s["comment"] for sid, s in predicted[node].items() if s["result"] is False}
+              for node in NODES}  # fmt: skip
+    assert failed == {node: {} for node in NODES}
+    assert fingerprint() == bare
+
+
+@pytest.fixture(scope="module")
+def applied(predicted):
+    began = time.monotonic()
+    ret = highstate()
+    print(f"first highstate: {time.monotonic() - began:.0f} s")
+    return {node: by_id(ret[node]) for node in NODES}
+
+
+def _actions(changes):
+    """The planned part of an xencluster state's changes (a real run adds each action's result)."""
+    return {k: v for k, v in changes.items() if k != "results"}
+
+
+def test_the_first_highstate_succeeds_and_does_what_test_mode_predicted(predicted, applied):
+    for node in NODES:
+        failed = {sid: s["comment"] for sid, s in applied[node].items() if s["result"] is not True}
+        assert failed == {}, f"{node}: {json.dumps(failed, indent=1)[:6000]}"
+        would = {sid for sid, s in predicted[node].items() if s["result"] is None or s["changes"]}
+        did = {sid for sid, s in applied[node].items() if s["changes"]}
+        assert would == did, f"{node}: predicted only {sorted(would - did)}, unpredicted {sorted(did - would)}"
+        for sid in did:
+            if sid in ("xencluster-legs", "xencluster-network", "xencluster-guests") or sid.startswith(
+                "xencluster-vg-"
+            ):
+                assert _actions(applied[node][sid]["changes"]) == predicted[node][sid]["changes"], (node, sid)
+    # what was built: two guests' worth of legs on each node, every pinned guest started at home
+    for node in NODES:
+        assert "xencluster-legs" in {sid for sid, s in applied[node].items() if s["changes"]}
+
+
+def test_the_guests_boot_at_home_on_both_legs_and_the_vlans_connect_and_separate(applied):
+    located = salt_run("xencluster.locate", f"tgt={BOTH}", "tgt_type=list", timeout=120)
+    assert located["double_runs"] == [], located
+    assert {g: located["guests"].get(g) for g in HOME} == {g: [n] for g, n in HOME.items()}, located
+
+    def settled():
+        seen = {g: beats(n, g)[-3:] for g, n in HOME.items()}
+        ok = all(len(b) == 3 and all("[2/2] [UU]" in md for _, md, _ in b) for b in seen.values())
+        ok = ok and all(net == "ok" for g in ("web1", "db1") for _, _, net in seen[g])
+        return ok, seen
+
+    wait_until("web1 and db1 mirrored on both legs and reaching each other", settled, timeout=600)
+    # app1 (VLAN 20) has been trying db1 (VLAN 10) all along: it never got an answer
+    app1 = beats("node1", "app1")
+    assert len(app1) >= 5 and {net for _, _, net in app1} == {"fail"}, app1[-5:]
+
+
+def test_a_second_highstate_changes_nothing(applied):
+    again = highstate()
+    for node in NODES:
+        states = by_id(again[node])
+        changed = {sid: s["changes"] for sid, s in states.items() if s["changes"]}
+        assert changed == {}, f"{node}: {json.dumps(changed, indent=1)[:4000]}"
+        assert all(s["result"] is True for s in states.values()), node
+
+
+def test_running_refuses_a_guest_that_runs_on_the_other_node(applied):
+    ret = salt("node1", "state.single", "xencluster_guest.running", "name=db1", timeout=300)["node1"]
+    (state,) = ret.values()
+    assert state["result"] is False and state["changes"] == {}, state
+    assert "node2" in state["comment"], state["comment"]
+    located = salt_run("xencluster.locate", f"tgt={BOTH}", "tgt_type=list", timeout=120)
+    assert located["guests"].get("db1") == ["node2"] and located["double_runs"] == [], located
+
+
+def active_slave(node):
+    text = ssh(node, "cat /proc/net/bonding/bond0")
+    return re.search(r"Currently Active Slave: (\S+)", text).group(1)
+
+
+def test_pulling_the_active_service_link_fails_over_and_web1_keeps_reaching_db1(applied):
+    assert active_slave("node1") == "eth2"
+    before = beats("node1", "web1")[-1][0]
+    try:
+        lab("link", "node1", "3", "down")  # eth2
+        wait_until("bond0 on node1 active on eth3", lambda: (active_slave("node1") == "eth3", active_slave("node1")),
+                   timeout=60, interval=2)  # fmt: skip
+
+        def ten_more():
+            after = [b for b in beats("node1", "web1") if b[0] > before]
+            return len(after) >= 10, after
+
+        after = wait_until("ten web1 heartbeats after the link went down", ten_more, timeout=300)
+        failed = [n for n, _, net in after if net != "ok"]
+        assert len(failed) <= 1 and all(net == "ok" for _, _, net in after[-5:]), after
+    finally:
+        lab("link", "node1", "3", "up", check=False)
