@@ -76,6 +76,7 @@ __virtualname__ = "xencluster_leg"
 
 CONTEXT_KEY = "xencluster_leg.snapshot"
 DEFAULT_TIMEOUT = 60
+VGCREATE_EXTENT = 4 * 1024**2  # vgcreate's default physical extent size
 DEFAULT_IMPORT_WAIT = 600  # seconds the logins of one run wait for the partner's exports
 MAX_IMPORT_WAIT = 3600
 LOGIN_RETRY_INTERVAL = 10  # seconds between two attempts of a login the partner refused
@@ -244,7 +245,7 @@ def desired_from_view(view, prune=False):
     ]
     return {
         "node": view["node"], "iqn_base": view["cluster"]["iqn_base"], "owned": owned, "imported": imported,
-        "check_foreign": True, "prune": bool(prune),
+        "check_foreign": True, "prune": bool(prune), "model_vgs": sorted(view.get("vgs") or {}),
     }  # fmt: skip
 
 
@@ -255,10 +256,20 @@ def _ceil(a, b):
     return -(-a // b)
 
 
-def _plan_lv(leg, lvm, free, out):
-    """LV create/extend for an owned leg; False when the LV will not exist (nothing may follow)."""
+def _plan_lv(leg, lvm, free, out, pending_vgs=()):
+    """LV create/extend for an owned leg; False when the LV will not exist (nothing may follow).
+
+    ``pending_vgs``: VGs that do not exist yet but will when the plan is applied (a dry run of
+    a highstate that creates them first); planned with vgcreate's default extent size.
+    """
     vg, lv, size, name = leg["vg"], leg["lv"], leg["size"], leg["leg"]
     vgi = lvm["vgs"].get(vg)
+    if vgi is None and vg in pending_vgs:
+        # test=True on a bare node: xencluster_lvm.vg_present creates the VG earlier in the same
+        # run, with vgcreate's default extent; its free space is unknown until then.
+        out["warnings"].append(f"{name}: volume group {vg} does not exist yet; planned as the model's "
+                               f"VG, created earlier in this run with {VGCREATE_EXTENT // 1024**2} MiB extents")
+        vgi = {"vg_extent_size": VGCREATE_EXTENT, "vg_free": None}
     if vgi is None:
         out["errors"].append(f"{name}: volume group {vg} not found on this node")
         return False
@@ -275,10 +286,11 @@ def _plan_lv(leg, lvm, free, out):
     if current is None:
         per = extent * (leg["stripes"] or 1)
         new = _ceil(size, per) * per
-        if new > free[pool]:
+        if free[pool] is not None and new > free[pool]:
             out["errors"].append(f"{name}: {vg} has {free[pool]} bytes free, a new LV {lv} needs {new}")
             return False
-        free[pool] -= new
+        if free[pool] is not None:
+            free[pool] -= new
         out["actions"].append({
             "op": "lv_create", "leg": name, "vg": vg, "lv": lv, "size": size, "stripes": leg["stripes"],
             "stripe_size": leg["stripe_size"], "pvs": leg["pvs"], "new_size": new,
@@ -492,7 +504,7 @@ def plan(snapshot, desired):
     out = {"actions": [], "errors": [], "warnings": []}
     free, rescan = {}, []
     for leg in desired["owned"]:
-        exists = _plan_lv(leg, snapshot["lvm"], free, out)
+        exists = _plan_lv(leg, snapshot["lvm"], free, out, desired.get("pending_vgs") or ())
         if not exists:
             continue
         _plan_export(leg, snapshot["lio"], out)
@@ -745,6 +757,9 @@ def _converge(ret, desired, parts, credentials, timeout, summary, import_wait=DE
     except Exception as exc:  # pylint: disable=broad-except
         ret["comment"] = f"cannot read the host: {exc}"
         return ret
+    if __opts__["test"] and desired.get("model_vgs"):
+        # a dry run predicts the whole highstate: the model's VGs exist by the time this applies
+        desired = dict(desired, pending_vgs=sorted(desired["model_vgs"]))
     result = plan(snapshot, desired)
     actions, errors, warnings = result["actions"], result["errors"], result["warnings"]
     lines = [summary]

@@ -132,6 +132,9 @@ class Host:
         ra = self.run_all
         ra.outputs["pvs"] = (LVM_REC / "pvs.out").read_text()
         vgs = json.loads((LVM_REC / "vgs.out").read_text())
+        if getattr(self, "bare", False):  # a dom0 before its first highstate: no PV, no VG
+            ra.outputs["pvs"] = json.dumps({"report": [{"pv": []}]})
+            vgs["report"][0]["vg"] = []
         if self.vg_free is not None:
             vgs["report"][0]["vg"][0]["vg_free"] = str(self.vg_free)
         ra.outputs["vgs"] = json.dumps(vgs)
@@ -648,6 +651,26 @@ def test_free_space_counts_every_leg_of_the_plan(host, opts):
     assert "error: web1.data.node1: xcvg has 465567744 bytes free, a new LV web1.data.node1 needs 536870912" in ret[
         "comment"
     ]
+
+
+def test_test_mode_on_a_bare_node_plans_the_legs_in_the_vg_the_highstate_creates_first(host, writes, opts):
+    host.bare = True
+    opts["test"] = True
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is None, ret["comment"]
+    creates = {a["leg"]: a["new_size"] for a in ret["changes"]["actions"] if a["op"] == "lv_create"}
+    assert creates == {"db1.root.node1": 256 * MiB, "web1.data.node1": 512 * MiB, "web1.root.node1": 256 * MiB}
+    assert "warning: web1.root.node1: volume group xcvg does not exist yet; planned as the model's VG, " \
+           "created earlier in this run with 4 MiB extents" in ret["comment"]  # fmt: skip
+    assert writes.calls == []
+
+
+def test_a_real_run_without_the_vg_creates_nothing(host, writes, opts):
+    host.bare = True
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is False
+    assert "error: web1.root.node1: volume group xcvg not found on this node" in ret["comment"]
+    assert [name for name in writes.names() if name in ("lv_create", "export")] == []
 
 
 # --- test=True == real run -----------------------------------------------------------------
