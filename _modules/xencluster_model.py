@@ -650,7 +650,7 @@ def _unique(p, nodes, what, values):
 
 def _nodes(p, raw, cluster):
     nodes = {}
-    for name, spec, path in _named(p, raw, f"{ROOT}.nodes", "node"):
+    for name, spec, path in _named(p, _by_name(raw), f"{ROOT}.nodes", "node"):
         nodes[name] = _node(p, name, spec, path, cluster)
     _unique(p, nodes, "initiator IQN", lambda n: [("initiator", n["initiator"])])
     _unique(p, nodes, "SAN address", lambda n: [(f"san[{i}].address", e["ip"]) for i, e in enumerate(n["san"] or [])])
@@ -1020,9 +1020,14 @@ def _check_pairs(p, ctx):
             p.add(path, f"{a} and {b} share no SAN subnet; the legs cannot be exported between them")
 
 
+def _by_name(raw):
+    """A mapping in name order: problems read the same however the pillar was merged."""
+    return dict(sorted(raw.items(), key=lambda item: str(item[0]))) if isinstance(raw, dict) else raw
+
+
 def _guests(p, raw, ctx):
     guests = {}
-    for name, spec, path in _named(p, raw, f"{ROOT}.guests", "guest"):
+    for name, spec, path in _named(p, _by_name(raw), f"{ROOT}.guests", "guest"):
         guest = _guest(p, name, spec, path, ctx)
         if guest is not None:
             guests[name] = guest

@@ -454,8 +454,18 @@ def test_mac_format_and_unicast(lab, mac, text):
 
 def test_macs_are_unique_in_the_cluster_ignoring_case(lab):
     lab["guests"]["db1"]["interfaces"][0]["mac"] = "00:16:3E:00:01:01"
-    assert_problem(lab, "xencluster.guests.db1.interfaces[0].mac",
-                   "duplicate MAC 00:16:3e:00:01:01, also at xencluster.guests.web1.interfaces[0].mac")
+    # guests are checked in name order: the later name (web1) carries the problem
+    assert_problem(lab, "xencluster.guests.web1.interfaces[0].mac",
+                   "duplicate MAC 00:16:3e:00:01:01, also at xencluster.guests.db1.interfaces[0].mac")
+
+
+def test_problems_do_not_depend_on_the_order_of_the_pillar_mappings(lab):
+    lab["guests"]["db1"]["interfaces"][0]["mac"] = "00:16:3e:00:01:01"
+    lab["nodes"]["node2"]["san"][0]["address"] = "192.168.101.2/24"
+    reordered = dict(lab, guests=dict(reversed(list(lab["guests"].items()))),
+                     nodes=dict(reversed(list(lab["nodes"].items()))))  # fmt: skip
+    assert list(reordered["guests"]) != list(lab["guests"])
+    assert problems(reordered) == problems(lab)
 
 
 def test_macs_are_normalised_to_lower_case(lab):
@@ -599,7 +609,7 @@ def test_ipv6_san_portals(lab):
 
 def test_a_pair_needs_a_shared_san_subnet(lab):
     lab["nodes"]["node2"]["san"][0]["address"] = "192.168.101.2/24"
-    assert_problem(lab, "xencluster.guests.web1.disks.root.nodes", "node1 and node2 share no SAN subnet")
+    assert_problem(lab, "xencluster.guests.db1.disks.root.nodes", "node2 and node1 share no SAN subnet")
 
 
 def test_san_needs_at_least_one_path(lab):
@@ -809,7 +819,7 @@ def test_every_problem_is_reported_together(lab):
     for path in (
         "xencluster.guests.web1.disks.data.nodes",
         "xencluster.guests.web1.disks.root.size",
-        "xencluster.guests.db1.interfaces[0].mac",
+        "xencluster.guests.web1.interfaces[0].mac",
         "xencluster.guests.db1.node",
         "xencluster.nodes.node2.vlans.10.bridge",
         "xencluster.cluster.iqn_base",
