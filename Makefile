@@ -9,7 +9,7 @@ PYTEST := $(PY) -m pytest
 
 .PHONY: help host-deps venv test test-fast test-unit test-integration test-lab \
         lab-build lab-up lab-master lab-status lab-down demo benchmark-lab-boot \
-        benchmark-report-scaling clean
+        benchmark-report-scaling benchmark-highstate-commands clean
 
 help:
 	@echo "make demo       set up everything, boot the lab cluster, run the main job on it"
@@ -70,6 +70,11 @@ benchmark-lab-boot: host-deps venv
 # Needs the lab running (make lab-up); never starts or stops it.
 benchmark-report-scaling: venv
 	$(PY) benchmarks/report_scaling.py
+
+# Needs the lab running on FRESH dom0s (python -m lab down --wipe; python -m lab up) and
+# changes it for good (VG, bonds, 20 guests); restarts the master on its own pillar and back.
+benchmark-highstate-commands: venv
+	$(PY) benchmarks/highstate_commands.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
