@@ -42,14 +42,26 @@ expressions, ``re.match``-ed against the minion id and the runner name)::
         - 'xencluster\\.locate$'
 
 Without it the master answers ``{}`` and the state refuses to start anything.
+
+``migrate`` live-migrates one guest to the other node of its pair: pre-checks
+in one round of parallel calls (also alone, as ``dry_run=True``), ``xl
+migrate`` on the source, a post-check of where the guest runs; progress on the
+event bus (``xencluster/migrate/<guest>/<step>``) and in ``salt-run``.
+Drained nodes (``_drained``/``_set_drained``, the master's cache bank
+``xencluster/drained``) take no guest.
 """
 
 import copy
 import ipaddress
 import logging
+import math
+import re
+import time
 
+import salt.cache
 import salt.client
 import salt.loader
+import salt.utils.event
 import salt.utils.minions
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
@@ -711,3 +723,604 @@ def status(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
         salt-run xencluster.status guests=False --out=yaml
     """
     return verify(tgt=tgt, tgt_type=tgt_type, timeout=timeout, guests=guests, out=out)
+
+
+# --- drained nodes: the master's cache ----------------------------------------------------
+
+DRAINED_BANK = "xencluster/drained"
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")  # xencluster_model's NAME: guests and nodes
+_NAME_TEXT = "1-31 of a-z 0-9 '-', starting with a letter or digit"
+
+
+def _check_name(value, what):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise SaltInvocationError(f"invalid {what} name {value!r}: {_NAME_TEXT} (quote a name made of digits)")
+    return value
+
+
+def _drained():
+    """
+    The drained nodes, sorted: the keys of bank ``xencluster/drained`` in the master's cache.
+
+    A drained node takes no guest: ``migrate`` refuses it as a target. The
+    bank lives in the master's cache (``salt.cache.factory(__opts__)``, by
+    default files under ``<cachedir>/xencluster/drained``), so it survives a
+    master restart. ``_set_drained`` writes it (``evacuate`` and ``undrain``
+    will).
+    """
+    return sorted(salt.cache.factory(__opts__).list(DRAINED_BANK))
+
+
+def _set_drained(node, flag):
+    """
+    Mark ``node`` drained (``flag`` True: it takes no guest) or not; idempotent.
+
+    The key is the node name; its value ``{"drained": True, "since": <unix
+    time>}``. Returns True when the mark changed.
+    """
+    _check_name(node, "node")
+    if not isinstance(flag, bool):
+        raise SaltInvocationError(f"flag must be True or False: {flag!r}")
+    cache = salt.cache.factory(__opts__)
+    was = cache.contains(DRAINED_BANK, node)
+    if flag and not was:
+        cache.store(DRAINED_BANK, node, {"drained": True, "since": int(time.time())})
+    elif was and not flag:
+        cache.flush(DRAINED_BANK, node)
+    return was != flag
+
+
+# --- migrate: one guest to the other node of its pair, live ----------------------------------
+
+INFO_FUN = "xencluster_xl.info"
+MIGRATE_FUN = "xencluster_xl.migrate"
+PRECHECK_FUNS = (NODE_FUN, INFO_FUN)  # ONE publish: the minion runs both, one answer
+DEFAULT_MIGRATE_TIMEOUT = 1800
+MAX_MIGRATE_TIMEOUT = 86400
+TRANSPORTS = ("ssh",)  # what xencluster_xl.migrate implements
+LIVE_TYPES = ("pvh", "hvm")
+STOPPED = ("shutdown", "crashed", "dying", "gone")  # as xencluster_xl: nothing runs
+PAUSED = "paused"
+EVENT_BASE = "xencluster/migrate"
+MIB = 1024**2
+CHECKS = ("runs_once", "target_in_pair", "target_not_drained", "legs_on_target", "target_memory",
+          "migratable", "xen_compatible")  # fmt: skip
+
+
+def _check(name, ok, message):
+    return {"check": name, "ok": bool(ok), "message": message}
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+# A multi-function publish runs a function the minion has not loaded by calling its name (a str)
+# through the direct_call executor (salt.minion._execute_job_function): this is what comes back.
+_NAME_CALLED = "TypeError: 'str' object is not callable"
+
+
+def _raised(value):
+    """The last line of the traceback a minion returns for a function that raised, or None."""
+    if isinstance(value, str) and value.startswith(_TRACEBACK) and value.strip():
+        return value.strip().splitlines()[-1]
+    return None
+
+
+def _not_loaded(value):
+    """True for a multi-function answer of a function the minion has not loaded."""
+    if _raised(value) != _NAME_CALLED:
+        return False
+    frames = [line for line in value.splitlines() if line.lstrip().startswith("File ")]
+    return bool(frames) and "direct_call.py" in frames[-1]  # raised by the executor, not inside a function
+
+
+def _why_not(node, minion, fun, kind, value):
+    """One line: why ``fun`` told nothing about ``node``."""
+    if kind == "no_answer":
+        return f"{node} (minion {minion}) did not answer"
+    if kind == "unavailable":
+        return (f"{node} (minion {minion}) could not report: {_short(value)} (not a dom0, or the extension "
+                "is not synced: saltutil.sync_modules)")  # fmt: skip
+    return f"{node}: {fun} failed: {_short(_raised(value) or value)}"
+
+
+def _multi_parts(data, funs):
+    """{fun: (kind, value)} of one ``full_return`` answer to a multi-function publish."""
+    if data is None or data is False or not isinstance(data, dict) or data.get("out") == "no_return":
+        return {fun: ("no_answer", None) for fun in funs}
+    ret, codes = data.get("ret"), data.get("retcode", 0)
+    if isinstance(ret, list):  # multifunc_ordered: True on the minion
+        ret = dict(zip(funs, ret))
+        codes = dict(zip(funs, codes)) if isinstance(codes, list) else codes
+    if not isinstance(ret, dict):
+        return {fun: ("error", ret) for fun in funs}
+    out = {}
+    for fun in funs:
+        value = ret.get(fun)
+        code = codes.get(fun, 1) if isinstance(codes, dict) else codes  # no retcode: it raised
+        if fun not in ret:
+            out[fun] = ("error", "missing from the answer")
+        elif _unavailable(fun, value):
+            out[fun] = ("unavailable", value)
+        elif _not_loaded(value):
+            out[fun] = ("unavailable", f"'{fun}' is not loaded there")
+        elif code or not isinstance(value, dict):
+            out[fun] = ("error", value)
+        else:
+            out[fun] = ("ok", value)
+    return out
+
+
+def node_facts(node, minion, data):
+    """
+    What one pre-check answer tells of ``node`` (pure).
+
+    Returns ``{"domains", "links", "info"}`` (None: unknown) and ``"why"``:
+    ``{part: the line saying why it is unknown}``.
+    """
+    parts = _multi_parts(data, PRECHECK_FUNS)
+    facts = {"domains": None, "links": None, "info": None, "why": {}}
+    kind, report = parts[NODE_FUN]
+    for part in ("domains", "links"):
+        if kind != "ok":
+            facts["why"][part] = _why_not(node, minion, NODE_FUN, kind, report)
+        elif _failed(report.get(part)) or not isinstance(report.get(part), dict):
+            facts["why"][part] = f"{node}: cannot read {part}: {_short(_failed(report.get(part)) or 'missing')}"
+        else:
+            facts[part] = report[part]
+    kind, info = parts[INFO_FUN]
+    if kind == "ok":
+        facts["info"] = info
+    else:
+        facts["why"]["info"] = _why_not(node, minion, INFO_FUN, kind, info)
+    return facts
+
+
+def _sightings(guest, facts):
+    """({node: domain} running under the guest's name, {node: [xl migrate's temporary names]})."""
+    plain, moving = {}, {}
+    for node, fact in sorted(facts.items()):
+        for name, dom in (fact["domains"] or {}).items():
+            if name == guest:
+                plain[node] = dom
+            elif _base_name(name) == guest:
+                moving.setdefault(node, []).append(name)
+    return plain, moving
+
+
+def _check_runs_once(guest, pair, facts):
+    """(the runs_once check, the source node or None)."""
+    plain, moving = _sightings(guest, facts)
+    unknown = [fact["why"]["domains"] for _node, fact in sorted(facts.items()) if fact["domains"] is None]
+    seen = f" (seen on {', '.join(plain)})" if plain else ""
+    if moving:
+        names = "; ".join(f"{', '.join(sorted(names))} on {node}" for node, names in sorted(moving.items()))
+        return _check("runs_once", False, f"a migration of {guest} is in flight ({names}): wait until it "
+                      "ends (salt-run xencluster.verify); nothing is started"), None  # fmt: skip
+    if unknown:
+        return _check("runs_once", False, f"where {guest} runs is not known{seen}: {'; '.join(unknown)}"), None
+    if len(plain) > 1:
+        return _check("runs_once", False, f"DOUBLE RUN: {guest} runs on {' and '.join(plain)} at the same "
+                      "time: nothing is migrated (salt-run xencluster.verify)"), None  # fmt: skip
+    if not plain:
+        return _check("runs_once", False, f"{guest} runs on no node of its pair ({', '.join(pair)}): "
+                      "nothing to migrate"), None  # fmt: skip
+    [(node, dom)] = plain.items()
+    if node not in pair:
+        return _check("runs_once", False, f"{guest} runs on {node}, outside its pair ({', '.join(pair)})"), None
+    if dom.get("state") in STOPPED:
+        return _check("runs_once", False, f"{guest} is {dom['state']} on {node}, not running: nothing to "
+                      "migrate (destroy it, or restart it where it belongs)"), None  # fmt: skip
+    return _check("runs_once", True, f"{guest} runs on {node} only ({dom.get('state')})"), node
+
+
+def _check_target_in_pair(guest, pair, nodes, source, target):
+    if target is None:
+        return _check("target_in_pair", False, f"no target: the node {guest} runs on is not known, so neither "
+                      "is the other node of its pair")  # fmt: skip
+    if target not in nodes:
+        return _check("target_in_pair", False, f"{target} is not a node of the model ({', '.join(sorted(nodes))})")
+    if target not in pair:
+        return _check("target_in_pair", False, f"{target} is not in {guest}'s pair ({', '.join(pair)}): its "
+                      "legs are exported to the pair only")  # fmt: skip
+    if target == source:
+        return _check("target_in_pair", False, f"{guest} already runs on {target}")
+    return _check("target_in_pair", True, f"{target} is in {guest}'s pair ({', '.join(pair)})")
+
+
+def _check_not_drained(target, drained):
+    if target is None:
+        return _check("target_not_drained", False, "no target")
+    if target in drained:
+        return _check("target_not_drained", False, f"{target} is drained: it takes no guest")
+    return _check("target_not_drained", True, f"{target} is not drained")
+
+
+def _leg_problem(leg, target, entry):
+    """Why the stable path of ``leg`` on ``target`` cannot back the guest there, or None."""
+    want = "lv" if leg["node"] == target else "iscsi"
+    if entry is None:
+        return f"{leg['path']} is missing"
+    if entry.get("path") != leg["path"]:
+        return f"{leg['lv']} is at {entry.get('path')}, not {leg['path']}"
+    if entry.get("kind") != want:
+        what = "its LV" if want == "lv" else f"{leg['node']}'s iSCSI LUN"
+        return f"{leg['path']} points to {entry.get('target')} ({entry.get('kind')}), not to {what}"
+    return None
+
+
+def _check_legs_on_target(guest, spec, target, fact):
+    if target is None or fact is None:
+        return _check("legs_on_target", False, "no target" if target is None else f"nothing is known of {target}")
+    if fact["links"] is None:
+        return _check("legs_on_target", False, f"the stable paths on {target} are not known: {fact['why']['links']}")
+    legs = [leg for disk in spec["disks"] for leg in disk["legs"]]
+    problems = [p for p in (_leg_problem(leg, target, fact["links"].get(leg["lv"])) for leg in legs) if p]
+    if problems:
+        return _check("legs_on_target", False, f"on {target}: {'; '.join(problems)}")
+    local = sum(1 for leg in legs if leg["node"] == target)
+    return _check("legs_on_target", True, f"all {len(legs)} legs of {guest} are at their stable paths on {target} "
+                  f"({local} local LV(s), {len(legs) - local} iSCSI LUN(s))")  # fmt: skip
+
+
+def _guest_memory(spec, dom):
+    """(MiB the guest needs, where that figure comes from), or (None, None)."""
+    memory = (dom or {}).get("memory")
+    if isinstance(memory, int) and not isinstance(memory, bool) and memory > 0:
+        return math.ceil(memory / MIB), "its running domain"
+    if spec.get("memory"):
+        return spec["memory"], "the model"
+    return None, None
+
+
+def _check_memory(guest, spec, dom, target, fact):
+    if target is None or fact is None:
+        return _check("target_memory", False, "no target" if target is None else f"nothing is known of {target}")
+    need, origin = _guest_memory(spec, dom)
+    free = (fact["info"] or {}).get("free_memory")
+    if fact["info"] is None:
+        return _check("target_memory", False, f"the free memory of {target} is not known: {fact['why']['info']}")
+    if not isinstance(free, int) or isinstance(free, bool):
+        return _check("target_memory", False, f"xl info on {target} has no free_memory: {free!r}")
+    if need is None:
+        return _check("target_memory", False, f"the memory of {guest} is not known")
+    text = f"{target} has {free} MiB free, {guest} needs {need} MiB ({origin})"
+    return _check("target_memory", free >= need, text)
+
+
+def _check_migratable(guest, spec, dom):
+    if (dom or {}).get("type"):
+        gtype, origin = dom["type"], "its running domain"
+    else:
+        gtype, origin = spec.get("type"), "the model"
+    if gtype == "pv":
+        return _check("migratable", False, f"{guest} is a PV guest ({origin}): Debian's Xen is built without "
+                      "shadow paging, so a PV guest cannot be live-migrated (Failed to enable logdirty: 95); "
+                      "use PVH or HVM")  # fmt: skip
+    if gtype not in LIVE_TYPES:
+        return _check("migratable", False, f"cannot tell the type of {guest} ({gtype!r}, {origin})")
+    return _check("migratable", True, f"{guest} is a {gtype.upper()} guest ({origin}): live-migratable")
+
+
+def _xen(info):
+    """((major, minor), "major.minor<extra>") of an ``xl info``, or (None, None)."""
+    major, minor = (info or {}).get("xen_major"), (info or {}).get("xen_minor")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (major, minor)):
+        return None, None
+    return (major, minor), f"{major}.{minor}{info.get('xen_extra') or ''}"
+
+
+def _check_xen(source, target, facts):
+    if source is None or target is None or target not in facts:
+        return _check("xen_compatible", False, "source or target not known")
+    versions = {}
+    for node in (source, target):
+        version, text = _xen(facts[node]["info"])
+        if version is None:
+            why = facts[node]["why"].get("info") or "xl info has no xen_major/xen_minor"
+            return _check("xen_compatible", False, f"the Xen version of {node} is not known: {why}")
+        versions[node] = (version, text)
+    text = f"{source} runs Xen {versions[source][1]}, {target} Xen {versions[target][1]}"
+    if versions[source][0] != versions[target][0]:
+        return _check("xen_compatible", False, f"{text}: not the same major.minor")
+    return _check("xen_compatible", True, text)
+
+
+def prechecks(model, guest, target, facts, drained):
+    """
+    The pre-checks of migrating ``guest`` to ``target`` (None: the other node of its pair); pure.
+
+    ``facts``: ``{node: node_facts(...)}`` of the pair's nodes and the target.
+    Returns ``(checks, source, target)``: the checks in the order of
+    ``CHECKS``, each ``{"check", "ok", "message"}``; the source is the one node
+    the guest runs on (None unless ``runs_once`` passed); the target the one
+    given, or the other node of the pair when the source is known.
+    """
+    spec = model["guests"][guest]
+    pair = list(spec["nodes"])
+    once, source = _check_runs_once(guest, pair, facts)
+    if target is None and source is not None:
+        target = next(n for n in pair if n != source)
+    dom = (facts.get(source) or {}).get("domains", {}).get(guest) if source else None
+    fact = facts.get(target) if target is not None else None
+    checks = [
+        once,
+        _check_target_in_pair(guest, pair, model["nodes"], source, target),
+        _check_not_drained(target, drained),
+        _check_legs_on_target(guest, spec, target, fact),
+        _check_memory(guest, spec, dom, target, fact),
+        _check_migratable(guest, spec, dom),
+        _check_xen(source, target, facts),
+    ]
+    return checks, source, target
+
+
+def _seen(states):
+    """``web1 (running) on node2; web1--incoming (paused) on node1``."""
+    return "; ".join(", ".join(f"{name} ({state})" for name, state in sorted(names.items())) + f" on {node}"
+                     for node, names in sorted(states.items()))  # fmt: skip
+
+
+def _only(states, node, guest, paused_ok):
+    """True when ``guest`` is seen on ``node`` alone, under its own name alone, running (or paused if ok)."""
+    if list(states) != [node] or list(states[node]) != [guest]:
+        return False
+    state = states[node][guest]
+    return state not in STOPPED and (state != PAUSED or paused_ok)
+
+
+def whereabouts(guest, source, target, lists, before=None):
+    """
+    Where ``guest`` runs after ``xl migrate`` (pure): ``(ok, where, message)``.
+
+    ``lists``: ``{node: list_domains() or None (not known)}`` of the source
+    and the target. ``ok``: it runs on the target under its own name, not
+    stopped, not paused (unless it was ``before``), and is gone from the
+    source. ``where``: the nodes it is seen on (under any of xl migrate's
+    names too).
+    """
+    states = {}
+    for node, domains in sorted(lists.items()):
+        names = {n: (dom or {}).get("state") for n, dom in (domains or {}).items() if _base_name(n) == guest}
+        if names:
+            states[node] = names
+    where = sorted(states)
+    plain = [node for node in where if guest in states[node]]
+    unknown = sorted(node for node, domains in lists.items() if domains is None)
+    if len(plain) > 1:
+        first = target if target in plain else plain[0]
+        others = ", ".join(n for n in plain if n != first)
+        return False, where, f"{guest} runs on {first} but also on {others}: DOUBLE RUN"
+    if unknown:
+        told = ", ".join(sorted(set(lists) - set(unknown))) or "any node"
+        seen = f"seen: {_seen(states)}" if states else f"not seen on {told}"
+        silent = ", ".join(unknown)
+        return False, where, f"{silent} did not tell its domains: where {guest} runs is not fully known ({seen})"
+    if _only(states, target, guest, before == PAUSED):
+        return True, where, f"{guest} runs on {target} ({states[target][guest]}) and is gone from {source}"
+    if _only(states, source, guest, True):
+        return False, where, f"{guest} still runs on {source}"
+    if not states:
+        return False, where, f"{guest} runs nowhere: neither on {source} nor on {target}"
+    return False, where, f"{guest} is {_seen(states)}"
+
+
+def _progress(message):
+    """A line for the user: ``salt-run`` prints it at once (``__jid_event__`` progress)."""
+    log.info("xencluster.migrate: %s", message)
+    jid_event = globals().get("__jid_event__")  # injected by the runner client; absent when imported
+    if jid_event is None:
+        return
+    try:
+        jid_event.fire_event({"message": message}, "progress")
+    except ReferenceError:  # a weak proxy left over from an earlier run
+        pass
+
+
+def _fire(guest, step, data):
+    """One event ``xencluster/migrate/<guest>/<step>`` on the master's bus (a failure is only logged)."""
+    tag = f"{EVENT_BASE}/{guest}/{step}"
+    try:
+        with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+            bus.fire_event(data, tag)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.migrate: could not fire %s: %s", tag, exc)
+
+
+def _check_seconds(value, what, high):
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise SaltInvocationError(f"{what} must be a whole number of seconds from 1 to {high}: {value!r}")
+    return value
+
+
+def _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout):
+    _check_name(guest, "guest")
+    if target is not None:
+        _check_name(target, "target node")
+    if not isinstance(dry_run, bool):
+        raise SaltInvocationError(f"dry_run must be True or False: {dry_run!r}")
+    _check_seconds(timeout, "timeout", MAX_MIGRATE_TIMEOUT)
+    _check_seconds(check_timeout, "check_timeout", 600)
+    if transport not in TRANSPORTS:
+        raise SaltInvocationError(f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}")
+
+
+def _migrate_model(guest, tgt, tgt_type):
+    model_from, raw = _pillar_model(tgt or "*", tgt_type)
+    model = _validate(raw)
+    if guest not in model["guests"]:
+        known = ", ".join(sorted(model["guests"])) or "none"
+        raise SaltInvocationError(f"no guest {guest} in the model (pillar of {model_from}; guests: {known})")
+    return model
+
+
+def _precheck_round(client, model, guest, target, timeout):
+    """ONE publish of report + xl info to the guest's pair (and the target): ``{node: node_facts}``."""
+    nodes = model["nodes"]
+    asked = sorted(set(model["guests"][guest]["nodes"]) | ({target} & set(nodes)))
+    minions = [nodes[n]["minion"] for n in asked]
+    answers = client.cmd(minions, list(PRECHECK_FUNS), [[] for _ in PRECHECK_FUNS], timeout=timeout,
+                         tgt_type="list", full_return=True) or {}  # fmt: skip
+    return {n: node_facts(n, nodes[n]["minion"], answers.get(nodes[n]["minion"])) for n in asked}
+
+
+def _migrate_call(client, minion, guest, host, transport, timeout):
+    """(kind, value) of ``xencluster_xl.migrate`` on the source; never raises (the guest must be found after)."""
+    try:
+        answers = client.cmd([minion], MIGRATE_FUN, [guest, host], timeout=timeout, tgt_type="list",
+                             full_return=True, kwarg={"transport": transport}) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        return "error", f"{type(exc).__name__}: {exc}"
+    kind, ret = _answer(answers.get(minion), MIGRATE_FUN)
+    if kind == "ok" and ret.get("migrated") is not True:
+        return "error", ret
+    return kind, ret
+
+
+def _domain_lists(client, nodes, asked, timeout):
+    """ONE publish of list_domains to ``asked``: ``{node: domains or None (not known)}``."""
+    minions = [nodes[n]["minion"] for n in asked]
+    try:
+        answers = client.cmd(minions, _FUN, timeout=timeout, tgt_type="list", full_return=True) or {}
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.migrate: the post-check publish failed: %s", exc)
+        answers = {}
+    out = {}
+    for node in asked:
+        kind, ret = _answer(answers.get(nodes[node]["minion"]), _FUN)
+        out[node] = ret if kind == "ok" else None
+    return out
+
+
+def _call_problem(kind, ret, source, timeout):
+    """What went wrong with the migrate call, or None."""
+    if kind == "ok":
+        return None
+    if kind == "no_answer":
+        return f"{source} did not answer {MIGRATE_FUN} within {timeout} s"
+    if kind == "unavailable":
+        return f"{source} cannot run {MIGRATE_FUN}: {_short(ret)}"
+    return f"xl migrate failed on {source}: {_short(ret)}"
+
+
+def _result(ok, guest, source, target, checks, ran, where, message, **extra):
+    if not ok:
+        __context__["retcode"] = 1
+    return {
+        "result": ok, "retcode": 0 if ok else 1, "guest": guest, "source": source, "target": target,
+        "checks": checks, "ran": ran, "where": where, "message": message, **extra,
+    }  # fmt: skip
+
+
+def _refusal(guest, checks, facts, dry_run):
+    plain, moving = _sightings(guest, facts)
+    where = sorted(set(plain) | set(moving))
+    failed = [c["check"] for c in checks if not c["ok"]]
+    silent = ", ".join(sorted(node for node, fact in facts.items() if fact["domains"] is None))
+    runs = f"it runs on {', '.join(where)}" if where else "it is not seen running"
+    if silent:
+        runs += f" ({silent} did not tell)" if where else f" ({silent} did not tell: where it runs is not known)"
+    verb = "would not migrate" if dry_run else "not migrating"
+    return where, f"{verb} {guest}: {len(failed)} check(s) failed ({', '.join(failed)}); {runs}"
+
+
+def _execute(client, model, plan, timeout, check_timeout, transport):
+    """Fire started, run xl migrate on the source, look where the guest runs: (ok, where, message, duration)."""
+    guest, source, target = plan["guest"], plan["source"], plan["target"]
+    nodes = model["nodes"]
+    _fire(guest, "started", {"guest": guest, "source": source, "target": target, "timeout": timeout})
+    _progress(f"{guest}: xl migrate from {source} to {target} (up to {timeout} s)")
+    started = time.monotonic()
+    kind, ret = _migrate_call(client, nodes[source]["minion"], guest, target, transport, timeout)
+    duration = round(time.monotonic() - started, 1)
+    problem = _call_problem(kind, ret, source, timeout)
+    if problem:
+        _progress(f"{guest}: {problem}; looking where it runs")
+    lists = _domain_lists(client, nodes, (source, target), check_timeout)
+    ok, where, seen = whereabouts(guest, source, target, lists, plan["state"])
+    if ok:
+        note = f" ({problem}, but the post-check finds it moved)" if problem else ""
+        return True, where, f"{guest} migrated from {source} to {target} in {duration} s{note}", duration
+    return False, where, f"{problem or f'xl migrate returned on {source}'}; {seen}", duration
+
+
+def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, transport="ssh",
+            check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+    """
+    Live-migrate ``guest`` to ``target`` (default: the other node of its pair) with ``xl migrate``.
+
+    1. The model, as ``verify`` reads it (``tgt``/``tgt_type`` pick the
+       minion whose pillar holds it); the guest must be in it.
+    2. Pre-checks, without side effects: ONE publish of
+       ``xencluster_node.report`` and ``xencluster_xl.info`` (a multi-function
+       call) to the nodes of the guest's pair and the target, waiting up to
+       ``check_timeout`` seconds. Each check is ``{"check", "ok", "message"}``:
+       ``runs_once`` (exactly one node of the pair runs it, every node told;
+       an ``--incoming``/``--migratedaway`` name means a migration in flight),
+       ``target_in_pair``, ``target_not_drained`` (``_drained``),
+       ``legs_on_target`` (every leg at ``/dev/xencluster/<leg>`` on the
+       target: its own LV, the partner's iSCSI LUN), ``target_memory`` (``xl
+       info`` free_memory >= the guest's memory), ``migratable`` (PVH or HVM:
+       Debian's Xen has no shadow paging for PV), ``xen_compatible`` (same
+       Xen major.minor). One failed check: nothing runs.
+    3. ``dry_run=True`` stops here: no event, no other publish.
+    4. ``xencluster_xl.migrate <guest> <target node name>`` on the source
+       (``transport`` ssh: the source's root must reach the target by its node
+       name), waiting up to ``timeout`` seconds; then ONE ``list_domains``
+       publish to source and target: the guest must run on the target and be
+       gone from the source. Nothing is ever retried.
+
+    Events on the master's bus (not in a dry run):
+    ``xencluster/migrate/<guest>/prechecked`` (``result``, ``checks``),
+    ``.../started``, then ``.../finished`` or ``.../failed`` (``where``,
+    ``duration_s``, ``message``). ``salt-run`` prints each step as progress.
+
+    Returns ``{"result", "retcode" (0, or 1 on any failure: salt-run's exit
+    status), "guest", "source", "target", "checks", "ran" (xl migrate was
+    called), "where" (the nodes the guest is seen on now), "message"}``, with
+    ``"duration_s"`` when it ran. A bad argument, an unreadable model or a
+    guest it does not name is such a return too (no check, nothing
+    published), not an exception. A failure says where the guest runs
+    (``web1 still runs on node1``; ``web1 runs on node2 but also on node1:
+    DOUBLE RUN``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.migrate web1 dry_run=True
+        salt-run xencluster.migrate web1
+        salt-run xencluster.migrate web1 node2 timeout=600 --out=json
+    """
+    try:
+        _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout)
+        model = _migrate_model(guest, tgt, tgt_type)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        # Returned, not raised: salt-run shows a raised SaltInvocationError (a TypeError) as
+        # "Passed invalid arguments" and exits 0.
+        log.error("xencluster.migrate: not migrating: %s", exc)
+        return _result(False, guest, None, target, [], False, [], f"not migrating {guest}: {exc}")
+    client = salt.client.LocalClient(__opts__["conf_file"])
+    facts = _precheck_round(client, model, guest, target, check_timeout)
+    checks, source, target = prechecks(model, guest, target, facts, _drained())
+    passed = all(c["ok"] for c in checks)
+    if dry_run:
+        if not passed:
+            return _result(False, guest, source, target, checks, False, *_refusal(guest, checks, facts, True))
+        message = f"would migrate {guest} from {source} to {target}"
+        return _result(True, guest, source, target, checks, False, [source], message)
+    _fire(guest, "prechecked", {"guest": guest, "source": source, "target": target, "result": passed,
+                                "checks": checks})  # fmt: skip
+    if not passed:
+        where, message = _refusal(guest, checks, facts, False)
+        _progress(message)
+        return _result(False, guest, source, target, checks, False, where, message)
+    _progress(f"{guest}: pre-checks passed ({len(checks)})")
+    state = facts[source]["domains"][guest].get("state")
+    plan = {"guest": guest, "source": source, "target": target, "state": state}
+    ok, where, message, duration = _execute(client, model, plan, timeout, check_timeout, transport)
+    end = {"guest": guest, "source": source, "target": target, "result": ok, "where": where,
+           "duration_s": duration, "message": message}  # fmt: skip
+    _fire(guest, "finished" if ok else "failed", end)
+    _progress(f"{guest}: {message}")
+    if not ok:
+        log.error("xencluster.migrate: %s", message)
+    return _result(ok, guest, source, target, checks, True, where, message, duration_s=duration)

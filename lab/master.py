@@ -61,7 +61,10 @@ def settings() -> dict:
         "key_logfile": str(config.MASTER_ROOT / "key.log"),
         "log_level_logfile": "info",
         "auto_accept": False,
-        "worker_threads": 2,
+        # A minion's publish.runner (xencluster_guest.running's live check) holds one worker
+        # until the runner returns, and the runner's own publish needs another: with both dom0s
+        # checking at once in a highstate, 2 workers deadlock until the 60 s request timeout.
+        "worker_threads": 6,
         "timeout": 30,
         "file_roots": {"base": [str(config.REPO / "salt"), str(config.MASTER_EXT)]},
         "pillar_roots": {"base": [str(config.PILLAR_ROOT)]},

@@ -12,6 +12,10 @@ include:
 xencluster-guests:
   xencluster_guest.node_guests:
     - name: {{ grains['id']|json }}
+    # Seconds the master's xencluster.locate waits for every dom0. In a highstate of the whole
+    # cluster the other dom0s are busy with their own runs: the default 10 s can be too short.
+    # Keep it well under 60 s: publish.runner's request to the master times out at 60 s.
+    - check_timeout: 40
     - require:
       - xencluster_leg: xencluster-legs
       - xencluster_net: xencluster-network

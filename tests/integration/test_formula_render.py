@@ -132,7 +132,7 @@ def test_vgs_legs_and_guests_come_from_the_model(compiled):
     assert (legs["name"], legs["import_wait"]) == ("node1", 900)
     assert {"xencluster_lvm": "xencluster-vg-xcvg"} in legs["require"]
     guests = args(compiled["xencluster-guests"])
-    assert guests["name"] == "node1"
+    assert (guests["name"], guests["check_timeout"]) == ("node1", 40)
     assert {"xencluster_leg": "xencluster-legs"} in guests["require"]
     assert {"xencluster_net": "xencluster-network"} in guests["require"]
 

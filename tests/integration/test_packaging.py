@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "saltext", "_modules", "_states", "_runners")
 FILES = {
-    "modules": {"__init__.py", "xencluster_lvm.py", "xencluster_xl.py"},
+    "modules": {"__init__.py", "xencluster_lvm.py", "xencluster_xl.py", "xencluster_node.py"},
     "states": {"__init__.py", "xencluster_lvm.py"},
     "runners": {"__init__.py", "xencluster.py"},
 }

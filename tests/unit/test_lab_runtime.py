@@ -634,7 +634,7 @@ def test_master_config_binds_loopback_and_serves_the_checkout(lab_dirs):
     conf = yaml.safe_load((lab_dirs / "master" / "etc" / "master").read_text())
     assert conf["interface"] == "127.0.0.1" and conf["auto_accept"] is False
     assert conf["publish_port"] == config.MASTER_PUBLISH_PORT and conf["ret_port"] == config.MASTER_RET_PORT
-    assert conf["user"] == "root" and conf["worker_threads"] == 2 and conf["timeout"] == 30
+    assert conf["user"] == "root" and conf["worker_threads"] == 6 and conf["timeout"] == 30
     assert conf["file_roots"]["base"] == [str(config.REPO / "salt"), str(lab_dirs / "master" / "ext")]
     assert conf["pillar_roots"]["base"] == [str(config.REPO / "pillar")]
     # salt prefixes root_dir to paths outside it, so pidfile and log live inside it
