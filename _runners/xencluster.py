@@ -651,8 +651,9 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
        accepted key) that has one (``pillar.show_pillar``: the minion need not
        be up), validated by ``xencluster_model.validate`` loaded on the
        master (the extension must be installed or synced there:
-       ``salt-run saltutil.sync_modules``). A bad model raises with every
-       problem by key path; nothing is published.
+       ``salt-run saltutil.sync_modules``). A bad model (or bad arguments)
+       returns ``{"ok": False, "retcode": 1, "error": <every problem by key
+       path>}``; nothing is published.
     2. ONE publish of ``xencluster_node.report`` to every dom0 of the model.
     3. With ``guests`` (default), ONE publish of ``xencluster_md.status`` to
        the minions of the guests seen running (minion id = guest name).
@@ -683,10 +684,15 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
         salt-run xencluster.verify tgt=node1 timeout=60 guests=False --out=json
         salt-run xencluster.verify out=highstate
     """
-    _check_verify_args(timeout, guests, out)
+    try:
+        _check_verify_args(timeout, guests, out)
+        source, raw = _pillar_model(tgt or "*", tgt_type)
+        model = _validate(raw)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError (a TypeError).
+        __context__["retcode"] = 1
+        return {"ok": False, "retcode": 1, "error": str(exc), "findings": [], "guests": {}, "summary": {}}
     timeout = timeout or DEFAULT_VERIFY_TIMEOUT
-    source, raw = _pillar_model(tgt or "*", tgt_type)
-    model = _validate(raw)
     client = salt.client.LocalClient(__opts__["conf_file"])
     dom0s = sorted(spec["minion"] for spec in model["nodes"].values())
     reports = _publish(client, dom0s, NODE_FUN, timeout)

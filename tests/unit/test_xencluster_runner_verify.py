@@ -502,8 +502,9 @@ def test_verify_highstate_shape(master, reports):
 
 @pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"timeout": "x"}, {"guests": "yes"}, {"out": "nested"}])
 def test_verify_bad_arguments_publish_nothing(master, kwargs):
-    with pytest.raises(runner.SaltInvocationError):
-        runner.verify(**kwargs)
+    result = runner.verify(**kwargs)
+    assert (result["ok"], result["retcode"], result["findings"]) == (False, 1, [])
+    assert next(iter(kwargs)) in result["error"]
     master.cmd.assert_not_called()
 
 
@@ -511,6 +512,7 @@ def test_verify_bad_model_publishes_nothing(master, monkeypatch):
     raw = copy.deepcopy(RAW)
     raw["guests"]["web1"]["disks"][0]["nodes"] = ["node1", "node1"]
     monkeypatch.setattr(runner, "_pillar_model", lambda tgt, tgt_type: ("node1", raw))
-    with pytest.raises(runner.SaltInvocationError, match=r"xencluster\.guests\.web1\.disks"):
-        runner.verify()
+    result = runner.verify()
+    assert (result["ok"], result["retcode"]) == (False, 1)
+    assert "xencluster.guests.web1.disks.root.nodes: both legs on node1" in result["error"]
     master.cmd.assert_not_called()
