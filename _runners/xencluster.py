@@ -606,6 +606,13 @@ def _validate(raw):
     return functions[MODEL_FUN](raw)
 
 
+def _accepted(minions):
+    """The ids among ``minions`` that have an accepted key on this master."""
+    if not minions:
+        return set()
+    return set(salt.utils.minions.CkMinions(__opts__).check_minions(list(minions), "list").get("minions") or [])
+
+
 def _publish(client, minions, fun, timeout):
     if not minions:
         return {}
@@ -699,7 +706,10 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
     raid = None
     if guests:
         asked = running_guests(model, located_guests(model, reports))
-        answers = _publish(client, asked, MD_FUN, timeout)
+        # Only guests with an accepted key: a publish that matches no minion prints a notice
+        # on stdout (breaking --out=json); a guest without a key simply did not answer.
+        keyed = _accepted(asked)
+        answers = _publish(client, [g for g in asked if g in keyed], MD_FUN, timeout)
         raid = {guest: answers.get(guest) for guest in asked}  # no key, no return: did not answer
     found, located = _evaluate(model, reports, raid)
     result = {
