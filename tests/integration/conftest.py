@@ -16,6 +16,8 @@ import sys
 import sysconfig
 
 import pytest
+from xc_helpers import MODEL_DOM0
+from xc_helpers import MODEL_GHOST
 from xc_helpers import OUR_DIST
 from xc_helpers import ROOT
 from xc_helpers import TREES
@@ -123,3 +125,43 @@ def local_minion_config(tmp_path):
         )
     )
     return conf, root
+
+
+# --- a master whose pillar holds the lab model, for the runner tests (verify, migrate) -------
+
+@pytest.fixture(scope="session")
+def model_pillar_roots(tmp_path_factory):
+    """The frozen lab model (tests/unit/data) with node1/node2 mapped to the minion ids above."""
+    import salt.utils.yaml  # pylint: disable=import-outside-toplevel
+
+    raw = salt.utils.yaml.safe_load((ROOT / "tests" / "unit" / "data" / "two_node_model.sls").read_text())
+    raw["xencluster"]["nodes"]["node1"]["minion"] = MODEL_DOM0
+    raw["xencluster"]["nodes"]["node2"]["minion"] = MODEL_GHOST
+    base = tmp_path_factory.mktemp("model-pillar")
+    (base / "top.sls").write_text("base:\n  '*':\n    - xencluster\n")
+    (base / "xencluster.sls").write_text(json.dumps(raw))  # JSON is YAML
+    return base
+
+
+@pytest.fixture(scope="session")
+def model_master(salt_factories, file_roots, model_pillar_roots):
+    """A master serving the extension and the model; its runners and xencluster_model synced."""
+    master = salt_factories.salt_master_daemon(
+        "xc-model-master",
+        overrides={"file_roots": {"base": [str(file_roots)]}, "pillar_roots": {"base": [str(model_pillar_roots)]}},
+    )
+    with master.started():
+        run = master.salt_run_cli(timeout=120)
+        for sync in ("saltutil.sync_runners", "saltutil.sync_modules"):  # the runner and xencluster_model
+            res = run.run(sync)
+            assert res.returncode == 0, res
+        yield master
+
+
+@pytest.fixture(scope="session")
+def model_dom0(model_master):
+    minion = model_master.salt_minion_daemon(MODEL_DOM0)
+    with minion.started():
+        res = model_master.salt_cli(timeout=120).run("saltutil.sync_modules", minion_tgt=MODEL_DOM0)
+        assert res.returncode == 0, res
+        yield minion

@@ -1,8 +1,8 @@
 """salt-run xencluster.migrate on a real master and minion (127.0.0.1, no Xen here).
 
 As for verify: the frozen lab model is the pillar, node1 is the minion
-``xc-mdom0-1`` (running, extension synced, no dom0: neither ``xencluster_node``
-nor ``xencluster_xl`` loads) and node2 is ``xc-mdom0-2`` (no key). The dry run
+``xc-rdom0-1`` (running, extension synced, no dom0: neither ``xencluster_node``
+nor ``xencluster_xl`` loads) and node2 is ``xc-rdom0-2`` (no key). The dry run
 goes through the real multi-function pre-check publish and must refuse
 cleanly: checks that say the dom0s could not report, nothing run, JSON that
 parses, a non-zero exit status. No event is fired in a dry run, so stdout is
@@ -13,51 +13,16 @@ import json
 import time
 
 import pytest
-import salt.utils.yaml
-from xc_helpers import ROOT
+from xc_helpers import MODEL_DOM0
+from xc_helpers import MODEL_GHOST
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-DOM0 = "xc-mdom0-1"
-GHOST = "xc-mdom0-2"  # in the model, no key on the master
+DOM0, GHOST = MODEL_DOM0, MODEL_GHOST  # conftest.py: model_master, model_dom0
 
 
-@pytest.fixture(scope="module")
-def pillar_roots(tmp_path_factory):
-    raw = salt.utils.yaml.safe_load((ROOT / "tests" / "unit" / "data" / "two_node_model.sls").read_text())
-    raw["xencluster"]["nodes"]["node1"]["minion"] = DOM0
-    raw["xencluster"]["nodes"]["node2"]["minion"] = GHOST
-    base = tmp_path_factory.mktemp("migrate-pillar")
-    (base / "top.sls").write_text("base:\n  '*':\n    - xencluster\n")
-    (base / "xencluster.sls").write_text(json.dumps(raw))  # JSON is YAML
-    return base
-
-
-@pytest.fixture(scope="module")
-def migrate_master(salt_factories, file_roots, pillar_roots):
-    master = salt_factories.salt_master_daemon(
-        "xc-migrate-master",
-        overrides={"file_roots": {"base": [str(file_roots)]}, "pillar_roots": {"base": [str(pillar_roots)]}},
-    )
-    with master.started():
-        run = master.salt_run_cli(timeout=120)
-        for sync in ("saltutil.sync_runners", "saltutil.sync_modules"):  # the runner and xencluster_model
-            res = run.run(sync)
-            assert res.returncode == 0, res
-        yield master
-
-
-@pytest.fixture(scope="module")
-def dom0(migrate_master):
-    minion = migrate_master.salt_minion_daemon(DOM0)
-    with minion.started():
-        res = migrate_master.salt_cli(timeout=120).run("saltutil.sync_modules", minion_tgt=DOM0)
-        assert res.returncode == 0, res
-        yield minion
-
-
-def test_dry_run_says_the_dom0s_cannot_report_and_exits_non_zero(migrate_master, dom0):
-    res = migrate_master.salt_run_cli(timeout=120).run(
+def test_dry_run_says_the_dom0s_cannot_report_and_exits_non_zero(model_master, model_dom0):
+    res = model_master.salt_run_cli(timeout=120).run(
         "xencluster.migrate", "web1", "dry_run=True", "check_timeout=15", "--out=json"
     )
     assert res.returncode == 1, res
@@ -77,23 +42,23 @@ def test_dry_run_says_the_dom0s_cannot_report_and_exits_non_zero(migrate_master,
     assert result["message"].startswith("would not migrate web1: 6 check(s) failed"), result
 
 
-def test_an_unknown_guest_exits_non_zero(migrate_master, dom0):
+def test_an_unknown_guest_exits_non_zero(model_master, model_dom0):
     # returned, not raised: salt-run would print "Passed invalid arguments" and exit 0
-    res = migrate_master.salt_run_cli(timeout=120).run("xencluster.migrate", "web9", "dry_run=True", "--out=json")
+    res = model_master.salt_run_cli(timeout=120).run("xencluster.migrate", "web9", "dry_run=True", "--out=json")
     assert res.returncode == 1, res
     result = json.loads(res.stdout)
     assert result["message"].startswith("not migrating web9: no guest web9 in the model"), result
 
 
-def test_a_refused_run_fires_prechecked_and_prints_progress(migrate_master, dom0, event_listener):
+def test_a_refused_run_fires_prechecked_and_prints_progress(model_master, model_dom0, event_listener):
     # not a dry run: the real master bus and salt-run's progress printing (mocked in the unit tests)
     start = time.time()
-    res = migrate_master.salt_run_cli(timeout=120).run("xencluster.migrate", "web1", "check_timeout=15")
+    res = model_master.salt_run_cli(timeout=120).run("xencluster.migrate", "web1", "check_timeout=15")
     assert res.returncode == 1, res
     # salt-run prints the progress event (here as JSON, the CLI's --out) before the return
     assert '"suffix": "progress"' in res.stdout and "not migrating web1: 6 check(s) failed" in res.stdout, res
     assert "where it runs is not known" in res.stdout, res
-    matched = event_listener.wait_for_events([(migrate_master.id, "xencluster/migrate/web1/*")], after_time=start,
+    matched = event_listener.wait_for_events([(model_master.id, "xencluster/migrate/web1/*")], after_time=start,
                                              timeout=30)  # fmt: skip
     assert matched.found_all_events, res
     [event] = [e for e in matched if e.tag.startswith("xencluster/migrate/")]

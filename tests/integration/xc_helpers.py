@@ -51,3 +51,7 @@ def salt_call(python, conf, *args, cwd, env=None):
     except (ValueError, KeyError):
         data = None
     return proc.returncode, data, proc.stderr
+
+# The runner tests' master (conftest.py model_master): the lab model with these minion ids.
+MODEL_DOM0 = "xc-rdom0-1"  # node1 of the model: a running minion, extension synced, no Xen
+MODEL_GHOST = "xc-rdom0-2"  # node2 of the model: no key on the master, never answers
