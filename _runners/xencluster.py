@@ -49,13 +49,22 @@ migrate`` on the source, a post-check of where the guest runs; progress on the
 event bus (``xencluster/migrate/<guest>/<step>``) and in ``salt-run``.
 Drained nodes (``_drained``/``_set_drained``, the master's cache bank
 ``xencluster/drained``) take no guest.
+
+``evacuate`` empties a node for maintenance: it marks it drained, then
+migrates each of its guests to its pair partner (``migrate``'s own steps),
+a bounded number at once; ``undrain`` clears the mark, ``drained`` lists the
+marks.
 """
 
+import concurrent.futures
+import contextvars
 import copy
+import datetime
 import ipaddress
 import logging
 import math
 import re
+import threading
 import time
 
 import salt.cache
@@ -64,6 +73,7 @@ import salt.loader
 import salt.utils.event
 import salt.utils.minions
 from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltCacheError
 from salt.exceptions import SaltInvocationError
 
 log = logging.getLogger(__name__)
@@ -761,8 +771,8 @@ def _drained():
     A drained node takes no guest: ``migrate`` refuses it as a target. The
     bank lives in the master's cache (``salt.cache.factory(__opts__)``, by
     default files under ``<cachedir>/xencluster/drained``), so it survives a
-    master restart. ``_set_drained`` writes it (``evacuate`` and ``undrain``
-    will).
+    master restart. ``_set_drained`` writes it (``evacuate`` and ``undrain``;
+    ``drained`` lists the marks with their time).
     """
     return sorted(salt.cache.factory(__opts__).list(DRAINED_BANK))
 
@@ -1119,26 +1129,34 @@ def whereabouts(guest, source, target, lists, before=None):
     return False, where, f"{guest} is {_seen(states)}"
 
 
+_PROGRESS_LOCK = threading.Lock()  # evacuate's worker threads share the one jid event
+
+
 def _progress(message):
     """A line for the user: ``salt-run`` prints it at once (``__jid_event__`` progress)."""
-    log.info("xencluster.migrate: %s", message)
+    log.info("xencluster: %s", message)
     jid_event = globals().get("__jid_event__")  # injected by the runner client; absent when imported
     if jid_event is None:
         return
     try:
-        jid_event.fire_event({"message": message}, "progress")
+        with _PROGRESS_LOCK:
+            jid_event.fire_event({"message": message}, "progress")
     except ReferenceError:  # a weak proxy left over from an earlier run
         pass
 
 
-def _fire(guest, step, data):
-    """One event ``xencluster/migrate/<guest>/<step>`` on the master's bus (a failure is only logged)."""
-    tag = f"{EVENT_BASE}/{guest}/{step}"
+def _fire_tag(tag, data):
+    """One event ``tag`` on the master's bus, on a connection of its own (a failure is only logged)."""
     try:
         with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
             bus.fire_event(data, tag)
     except Exception as exc:  # pylint: disable=broad-except
-        log.warning("xencluster.migrate: could not fire %s: %s", tag, exc)
+        log.warning("xencluster: could not fire %s: %s", tag, exc)
+
+
+def _fire(guest, step, data):
+    """One event ``xencluster/migrate/<guest>/<step>``."""
+    _fire_tag(f"{EVENT_BASE}/{guest}/{step}", data)
 
 
 def _check_seconds(value, what, high):
@@ -1147,21 +1165,36 @@ def _check_seconds(value, what, high):
     return value
 
 
-def _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout):
-    _check_name(guest, "guest")
-    if target is not None:
-        _check_name(target, "target node")
+def _check_run_args(dry_run, timeout, check_timeout):
+    """The arguments migrate and evacuate share."""
     if not isinstance(dry_run, bool):
         raise SaltInvocationError(f"dry_run must be True or False: {dry_run!r}")
     _check_seconds(timeout, "timeout", MAX_MIGRATE_TIMEOUT)
     _check_seconds(check_timeout, "check_timeout", 600)
+
+
+def _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout):
+    _check_name(guest, "guest")
+    if target is not None:
+        _check_name(target, "target node")
+    _check_run_args(dry_run, timeout, check_timeout)
     if transport not in TRANSPORTS:
         raise SaltInvocationError(f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}")
 
 
-def _migrate_model(guest, tgt, tgt_type):
+def _load_model(tgt, tgt_type):
+    """(minion id whose pillar gave it, the validated model)."""
     model_from, raw = _pillar_model(tgt or "*", tgt_type)
-    model = _validate(raw)
+    return model_from, _validate(raw)
+
+
+def _local_client():
+    """A LocalClient of its own (one per thread: evacuate's workers never share one)."""
+    return salt.client.LocalClient(__opts__["conf_file"])
+
+
+def _migrate_model(guest, tgt, tgt_type):
+    model_from, model = _load_model(tgt, tgt_type)
     if guest not in model["guests"]:
         known = ", ".join(sorted(model["guests"])) or "none"
         raise SaltInvocationError(f"no guest {guest} in the model (pillar of {model_from}; guests: {known})")
@@ -1191,19 +1224,21 @@ def _migrate_call(client, minion, guest, host, transport, timeout):
     return kind, ret
 
 
-def _domain_lists(client, nodes, asked, timeout):
-    """ONE publish of list_domains to ``asked``: ``{node: domains or None (not known)}``."""
+def _domain_answers(client, nodes, asked, timeout):
+    """ONE publish of list_domains to ``asked``: ``{node: (kind, value)}`` (``_answer``); never raises."""
     minions = [nodes[n]["minion"] for n in asked]
     try:
         answers = client.cmd(minions, _FUN, timeout=timeout, tgt_type="list", full_return=True) or {}
     except Exception as exc:  # pylint: disable=broad-except
-        log.warning("xencluster.migrate: the post-check publish failed: %s", exc)
+        log.warning("xencluster: the list_domains publish failed: %s", exc)
         answers = {}
-    out = {}
-    for node in asked:
-        kind, ret = _answer(answers.get(nodes[node]["minion"]), _FUN)
-        out[node] = ret if kind == "ok" else None
-    return out
+    return {node: _answer(answers.get(nodes[node]["minion"]), _FUN) for node in asked}
+
+
+def _domain_lists(client, nodes, asked, timeout):
+    """ONE publish of list_domains to ``asked``: ``{node: domains or None (not known)}``."""
+    return {node: ret if kind == "ok" else None
+            for node, (kind, ret) in _domain_answers(client, nodes, asked, timeout).items()}  # fmt: skip
 
 
 def _call_problem(kind, ret, source, timeout):
@@ -1314,7 +1349,11 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
         # "Passed invalid arguments" and exits 0.
         log.error("xencluster.migrate: not migrating: %s", exc)
         return _result(False, guest, None, target, [], False, [], f"not migrating {guest}: {exc}")
-    client = salt.client.LocalClient(__opts__["conf_file"])
+    return _migrate_one(_local_client(), model, guest, target, dry_run, timeout, transport, check_timeout)
+
+
+def _migrate_one(client, model, guest, target, dry_run, timeout, transport, check_timeout):
+    """``migrate`` after its arguments and model are checked (``evacuate`` calls it per guest)."""
     facts = _precheck_round(client, model, guest, target, check_timeout)
     checks, source, target = prechecks(model, guest, target, facts, _drained())
     passed = all(c["ok"] for c in checks)
@@ -1340,3 +1379,301 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
     if not ok:
         log.error("xencluster.migrate: %s", message)
     return _result(ok, guest, source, target, checks, True, where, message, duration_s=duration)
+
+
+# --- evacuate / undrain: a node in and out of maintenance ------------------------------------
+
+EVACUATE_EVENT_BASE = "xencluster/evacuate"
+ON_FAILURE = ("stop", "continue")
+MAX_CONCURRENCY = 16
+
+
+def _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout):
+    _check_name(node, "node")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise SaltInvocationError(f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}: {concurrency!r}")
+    if on_failure not in ON_FAILURE:
+        raise SaltInvocationError(f"on_failure must be one of {', '.join(ON_FAILURE)}: {on_failure!r}")
+    _check_run_args(dry_run, timeout, check_timeout)
+
+
+def _evacuate_model(node, tgt, tgt_type):
+    model_from, model = _load_model(tgt, tgt_type)
+    if node not in model["nodes"]:
+        known = ", ".join(sorted(model["nodes"])) or "none"
+        raise SaltInvocationError(f"no node {node} in the model (pillar of {model_from}; nodes: {known})")
+    return model
+
+
+def _node_domains(client, model, node, timeout):
+    """``(domains, None)`` from ONE list_domains publish to ``node``, or ``(None, why it told nothing)``."""
+    [(kind, ret)] = _domain_answers(client, model["nodes"], [node], timeout).values()
+    if kind == "ok":
+        return ret, None
+    return None, _why_not(node, model["nodes"][node]["minion"], _FUN, kind, ret)
+
+
+def evacuation_plan(model, node, domains):
+    """
+    What evacuating ``node`` moves (pure): ``(plan, unknown)``.
+
+    ``domains``: ``list_domains`` of the node. ``plan``: ``[(guest, target)]``
+    sorted, one per guest of the model seen there (under its own name or one
+    of xl migrate's temporary names, whatever its state): the target is the
+    other node of its pair, None when the node is outside the pair (its
+    pre-checks say so). ``unknown``: the domains the model does not name
+    (nothing can move them).
+    """
+    plan, unknown = {}, []
+    for name in sorted(domains):
+        spec = model["guests"].get(_base_name(name))
+        if spec is None:
+            unknown.append(name)
+        elif node in spec["nodes"]:
+            plan[spec["name"]] = next(n for n in spec["nodes"] if n != node)
+        else:
+            plan[spec["name"]] = None
+    return sorted(plan.items()), unknown
+
+
+def _migrate_worker(model, guest, target, timeout, check_timeout):
+    """One migration in a worker thread, on a LocalClient of its own; never raises."""
+    client = None
+    try:
+        client = _local_client()
+        return _migrate_one(client, model, guest, target, False, timeout, TRANSPORTS[0], check_timeout)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.exception("xencluster.evacuate: migrating %s raised", guest)
+        return _result(False, guest, None, target, [], False, [], f"not migrating {guest}: {type(exc).__name__}: {exc}")
+    finally:
+        if client is not None:
+            client.destroy()
+
+
+def _run_bounded(items, concurrency, stop_on_failure, work, done):
+    """
+    ``work(item)`` for each item, at most ``concurrency`` at once, in threads; the items never started.
+
+    ``done(item, result)`` runs in the calling thread as each one finishes. With
+    ``stop_on_failure``, nothing new starts once a result is not ``result``
+    (those in flight finish). Each thread runs in a copy of the caller's
+    context: Salt's loader dunders (``__opts__``...) are context variables.
+    """
+    pending, running, stop = list(items), {}, False
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        while running or (pending and not stop):
+            while pending and not stop and len(running) < concurrency:
+                item = pending.pop(0)
+                running[pool.submit(contextvars.copy_context().run, work, item)] = item
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in sorted(finished, key=lambda f: items.index(running[f])):
+                item = running.pop(future)
+                result = future.result()
+                done(item, result)
+                stop = stop or (stop_on_failure and not result["result"])
+    return pending
+
+
+def _fire_evacuate(node, step, data):
+    """One event ``xencluster/evacuate/<node>/<step>``."""
+    _fire_tag(f"{EVACUATE_EVENT_BASE}/{node}/{step}", data)
+
+
+def _unknown_failures(node, unknown):
+    return [{"guest": name, "where": [node], "message": f"domain {name} runs on {node} but the model has no guest "
+             f"{_base_name(name)}: nothing can move it"} for name in unknown]  # fmt: skip
+
+
+def _mark_drained(node, dry_run):
+    """Mark ``node`` drained (not in a dry run); whether it is marked now."""
+    if dry_run:
+        return node in _drained()
+    changed = _set_drained(node, True)
+    _progress(f"{node} marked drained: it takes no guest" if changed else f"{node} is drained already")
+    return True
+
+
+def _evacuation(ok, node, drained, started, message, moved=(), failed=(), skipped=(), **extra):
+    if not ok:
+        __context__["retcode"] = 1
+    return {
+        "result": ok, "retcode": 0 if ok else 1, "node": node, "drained": drained, "moved": list(moved),
+        "failed": list(failed), "skipped": list(skipped), "duration_s": round(time.monotonic() - started, 1),
+        "message": message, **extra,
+    }  # fmt: skip
+
+
+def _arrows(plan):
+    return ", ".join(f"{guest} -> {target or '?'}" for guest, target in plan) or "none"
+
+
+def _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started):
+    """Each guest's migrate dry run, one after the other: nothing marked, nothing run."""
+    entries, failed = [], _unknown_failures(node, unknown)
+    for guest, target in plan:
+        res = _migrate_one(client, model, guest, target, True, timeout, TRANSPORTS[0], check_timeout)
+        entries.append({"guest": guest, "from": node, "to": target, "result": res["result"],
+                        "checks": res["checks"], "message": res["message"]})  # fmt: skip
+        if not res["result"]:
+            failed.append({"guest": guest, "where": res["where"], "message": res["message"]})
+    marked = node in _drained()
+    mark = f"{node} is drained already" if marked else f"would mark {node} drained"
+    message = f"{mark} and migrate {len(plan)} guest(s): {_arrows(plan)}"
+    if failed:
+        message += f"; would fail: {', '.join(f['guest'] for f in failed)}"
+    return _evacuation(not failed, node, marked, started, message, failed=failed, plan=entries)
+
+
+def _summary_message(node, moved, failed, skipped):
+    if not failed and not skipped:
+        times = ", ".join(f"{m['guest']} to {m['to']} in {m['duration_s']} s" for m in moved)
+        return f"evacuated {node}: {len(moved)} guest(s) moved" + (f" ({times})" if times else "")
+    text = f"{node} is not empty: {len(moved)} moved, {len(failed)} failed ({', '.join(f['guest'] for f in failed)})"
+    if skipped:
+        text += f", {len(skipped)} not tried after the failure ({', '.join(skipped)})"
+    return f"{text}; {node} stays drained (salt-run xencluster.undrain {node})"
+
+
+def _evacuate_run(model, node, plan, unknown, settings, started):
+    """Migrate every planned guest with bounded concurrency; events and progress as they finish."""
+    concurrency, on_failure, timeout, check_timeout = settings
+    moved, failed = [], _unknown_failures(node, unknown)
+    _fire_evacuate(node, "started", {"node": node, "plan": [{"guest": g, "to": t} for g, t in plan],
+                                     "unknown": unknown, "concurrency": concurrency, "on_failure": on_failure})
+    _progress(f"evacuating {node}, {concurrency} at a time: {_arrows(plan)}")
+
+    def work(item):
+        return _migrate_worker(model, item[0], item[1], timeout, check_timeout)
+
+    def done(item, res):
+        guest, target = item
+        if res["result"]:
+            moved.append({"guest": guest, "from": node, "to": target, "duration_s": res.get("duration_s")})
+        else:
+            failed.append({"guest": guest, "where": res["where"], "message": res["message"]})
+        _fire_evacuate(node, f"guest/{guest}", {"node": node, "guest": guest, "to": target, "result": res["result"],
+                                                "where": res["where"], "duration_s": res.get("duration_s"),
+                                                "message": res["message"]})  # fmt: skip
+        _progress(f"evacuating {node}: {len(moved) + len(failed) - len(unknown)}/{len(plan)} done: {res['message']}")
+
+    skipped = [guest for guest, _target in _run_bounded(plan, concurrency, on_failure == "stop", work, done)]
+    result = _evacuation(not failed and not skipped, node, True, started, _summary_message(node, moved, failed,
+                         skipped), moved, failed, skipped)  # fmt: skip
+    _fire_evacuate(node, "finished", result)
+    _progress(result["message"])
+    return result
+
+
+def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT,
+             check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+    """
+    Empty ``node`` for maintenance: mark it drained, then live-migrate each guest it runs to its pair partner.
+
+    1. The model, as ``migrate`` reads it; ``node`` must be a node of it.
+    2. ``node`` is marked drained FIRST (idempotent; bank
+       ``xencluster/drained`` of the master's cache, see ``drained``), so
+       that no migration lands on it meanwhile. It stays drained whatever
+       happens next, until ``undrain``.
+    3. ONE publish of ``xencluster_xl.list_domains`` to the node (waiting up
+       to ``check_timeout`` seconds): every guest of the model seen there,
+       whatever its state, goes to the other node of its pair. A domain the
+       model does not name cannot move: it is listed in ``failed`` (and does
+       not stop the others).
+    4. Each guest goes through exactly what ``migrate`` does (its pre-checks,
+       ``xl migrate``, the post-check, its own events), up to
+       ``concurrency`` (1 to 16) at once, each in a thread with its own
+       LocalClient. A guest whose partner is drained too, a PV guest, a
+       stopped one... fails its pre-checks. ``on_failure="stop"`` starts
+       nothing new after the first failure (those in flight finish: the rest
+       is ``skipped``); ``"continue"`` tries every guest.
+
+    ``dry_run=True`` marks nothing and migrates nothing: the plan, each
+    guest's pre-checks (``migrate``'s dry run) and whether it would fail.
+
+    Events on the master's bus (none in a dry run):
+    ``xencluster/evacuate/<node>/started`` (``plan``, ``unknown``,
+    ``concurrency``, ``on_failure``), ``.../guest/<guest>`` as each migration
+    ends (``result``, ``to``, ``where``, ``duration_s``, ``message``), and
+    ``.../finished`` with the return. ``salt-run`` prints progress lines.
+
+    Returns ``{"result", "retcode" (0, or 1 on any failure), "node",
+    "drained" (the node is marked now), "moved": [{"guest", "from", "to",
+    "duration_s"}], "failed": [{"guest", "message", "where"}], "skipped":
+    [guests not tried after a failure], "duration_s" (the whole run),
+    "message"}`` (``moved`` and ``failed`` in the order the migrations
+    ended), with ``"plan": [{"guest", "from", "to", "result", "checks",
+    "message"}]`` in a dry run. A bad argument, a node the model
+    does not name or a node that cannot list its domains is such a return
+    (``result`` False), not an exception.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.evacuate node1 dry_run=True
+        salt-run xencluster.evacuate node1
+        salt-run xencluster.evacuate node1 concurrency=2 on_failure=continue --out=json
+    """
+    started = time.monotonic()
+    try:
+        _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout)
+        model = _evacuate_model(node, tgt, tgt_type)
+        marked = _mark_drained(node, dry_run)
+    except (SaltInvocationError, CommandExecutionError, SaltCacheError) as exc:
+        log.error("xencluster.evacuate: not evacuating: %s", exc)
+        return _evacuation(False, node, False, started, f"not evacuating {node}: {exc}")
+    client = _local_client()
+    domains, why = _node_domains(client, model, node, check_timeout)
+    if domains is None:
+        stays = "" if dry_run else f"; {node} stays drained (salt-run xencluster.undrain {node})"
+        result = _evacuation(False, node, marked, started, f"cannot evacuate {node}: {why}{stays}")
+        if not dry_run:
+            _fire_evacuate(node, "finished", result)
+        return result
+    plan, unknown = evacuation_plan(model, node, domains)
+    if dry_run:
+        return _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started)
+    return _evacuate_run(model, node, plan, unknown, (concurrency, on_failure, timeout, check_timeout), started)
+
+
+def undrain(node):
+    """
+    Clear the drained mark of ``node``: it takes guests again; idempotent.
+
+    Returns ``{"result", "retcode", "node", "changed" (it was drained),
+    "message"}``; a bad node name is such a return with ``result`` False.
+    The node need not be in the model (a mark left by a node since removed
+    can be cleared).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.undrain node1
+    """
+    try:
+        changed = _set_drained(node, False)
+    except (SaltInvocationError, SaltCacheError) as exc:
+        __context__["retcode"] = 1
+        return {"result": False, "retcode": 1, "node": node, "changed": False, "message": f"not undraining: {exc}"}
+    message = f"{node} takes guests again" if changed else f"{node} was not drained"
+    return {"result": True, "retcode": 0, "node": node, "changed": changed, "message": message}
+
+
+def drained():
+    """
+    The drained nodes: ``{node: {"since": <unix time>, "since_utc": "<ISO 8601>"}}`` ({} when none).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.drained
+    """
+    cache = salt.cache.factory(__opts__)
+    out = {}
+    for node in _drained():
+        since = (cache.fetch(DRAINED_BANK, node) or {}).get("since")
+        when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc) if isinstance(since, int) else None
+        out[node] = {"since": since, "since_utc": when.isoformat() if when else None}
+    return out

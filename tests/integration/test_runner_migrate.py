@@ -64,3 +64,67 @@ def test_a_refused_run_fires_prechecked_and_prints_progress(model_master, model_
     [event] = [e for e in matched if e.tag.startswith("xencluster/migrate/")]
     assert event.tag == "xencluster/migrate/web1/prechecked" and event.data["result"] is False
     assert [c["check"] for c in event.data["checks"]][0] == "runs_once"
+
+
+# --- evacuate / undrain / drained ---------------------------------------------------------------
+
+
+def json_documents(text):
+    """Every JSON document salt-run printed (--out=json: one per progress event, then the return)."""
+    decoder, docs, pos = json.JSONDecoder(), [], 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return docs
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+
+
+def drained_marks(run):
+    res = run.run("xencluster.drained", "--out=json")
+    assert res.returncode == 0, res
+    return json.loads(res.stdout)
+
+
+def test_evacuate_dry_run_says_the_node_cannot_list_its_domains(model_master, model_dom0):
+    run = model_master.salt_run_cli(timeout=120)
+    res = run.run("xencluster.evacuate", "node1", "dry_run=True", "check_timeout=15", "--out=json")
+    assert res.returncode == 1, res
+    result = json.loads(res.stdout)  # a dry run fires nothing: one document
+    assert (result["result"], result["retcode"], result["drained"]) == (False, 1, False), result
+    # the minion has no xl: xencluster_xl does not load there
+    assert result["message"].startswith(f"cannot evacuate node1: node1 (minion {DOM0}) could not report: "
+                                        "'xencluster_xl' __virtual__ returned False"), result  # fmt: skip
+    assert "not a dom0, or the extension is not synced" in result["message"], result
+    assert (result["moved"], result["failed"], result["skipped"]) == ([], [], []), result
+    assert drained_marks(run) == {}
+
+
+def test_evacuate_marks_the_node_drained_and_undrain_clears_it(model_master, model_dom0, event_listener):
+    run = model_master.salt_run_cli(timeout=120)
+    start = time.time()
+    try:
+        res = run.run("xencluster.evacuate", "node1", "check_timeout=15", "concurrency=2", "--out=json")
+        assert res.returncode == 1, res
+        *progress, result = json_documents(res.stdout)
+        lines = [p["event"]["message"] for p in progress if p.get("suffix") == "progress"]
+        assert lines == ["node1 marked drained: it takes no guest"], res
+        assert (result["result"], result["drained"], result["moved"]) == (False, True, []), result
+        assert result["message"].startswith(f"cannot evacuate node1: node1 (minion {DOM0}) could not report"), result
+        assert result["message"].endswith("; node1 stays drained (salt-run xencluster.undrain node1)"), result
+        marks = drained_marks(run)
+        assert list(marks) == ["node1"] and start - 1 <= marks["node1"]["since"] <= time.time(), marks
+        matched = event_listener.wait_for_events([(model_master.id, "xencluster/evacuate/node1/finished")],
+                                                 after_time=start, timeout=30)  # fmt: skip
+        assert matched.found_all_events, res
+        # a drained node takes no guest: migrate's pre-check says so (here with what it cannot know)
+        res = run.run("xencluster.migrate", "web1", "node1", "dry_run=True", "check_timeout=15", "--out=json")
+        checks = {c["check"]: c for c in json.loads(res.stdout)["checks"]}
+        assert checks["target_not_drained"]["message"] == "node1 is drained: it takes no guest", checks
+    finally:
+        res = run.run("xencluster.undrain", "node1", "--out=json")
+    assert res.returncode == 0 and json.loads(res.stdout)["changed"] is True, res
+    res = run.run("xencluster.undrain", "node1", "--out=json")
+    assert res.returncode == 0 and json.loads(res.stdout)["changed"] is False, res
+    assert drained_marks(run) == {}
