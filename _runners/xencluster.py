@@ -592,7 +592,7 @@ def retcode(found):
 
 def _pillar_model(tgt, tgt_type):
     """(minion id, raw ``xencluster`` pillar) of the first matched minion whose pillar has one."""
-    matched = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type).get("minions") or []
+    matched = _matched(tgt, tgt_type)
     for minion in sorted(matched):
         pillar = __salt__["pillar.show_pillar"](minion)  # the master compiles it: the minion need not be up
         if isinstance(pillar, dict) and pillar.get("xencluster"):
@@ -616,11 +616,14 @@ def _validate(raw):
     return functions[MODEL_FUN](raw)
 
 
+def _matched(tgt, tgt_type):
+    """The accepted minion ids ``tgt``/``tgt_type`` matches on this master (no publish)."""
+    return salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type).get("minions") or []
+
+
 def _accepted(minions):
     """The ids among ``minions`` that have an accepted key on this master."""
-    if not minions:
-        return set()
-    return set(salt.utils.minions.CkMinions(__opts__).check_minions(list(minions), "list").get("minions") or [])
+    return set(_matched(list(minions), "list")) if minions else set()
 
 
 def _publish(client, minions, fun, timeout):
