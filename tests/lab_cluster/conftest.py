@@ -2,8 +2,11 @@
 
 The session fixture builds the image (cached), boots the nodes and starts the
 host master through the lab CLI, exactly as an operator would. A cluster that
-was already running before the tests is reused and left running; one the tests
-started is stopped at the end (set XENCLUSTER_LAB_KEEP=1 to keep it).
+was already running before the tests is reused and left running. One the tests
+start themselves starts from wiped disks, because the data disks outlive a
+`down` and a previous run (its highstate test above all) leaves them holding
+VGs, legs and guests; it is stopped and wiped again at the end (set
+XENCLUSTER_LAB_KEEP=1 to keep it running and its disks as they are).
 """
 
 import json
@@ -30,12 +33,14 @@ def lab_cluster():
     if os.geteuid() != 0:
         pytest.fail("the lab tier needs root (QEMU image build with debootstrap/chroot)")
     was_running = _cluster_running()
+    if not was_running:
+        lab("down", "--hard", "--wipe", timeout=600)
     lab("build", timeout=3600)
     lab("up", str(len(NODES)), timeout=1800)
     lab("master", timeout=900)
     yield NODES
     if not was_running and not os.environ.get("XENCLUSTER_LAB_KEEP"):
-        lab("down", "--hard", timeout=300)
+        lab("down", "--hard", "--wipe", timeout=600)
 
 
 # Modules that wipe and rebuild the cluster and leave it changed for good (bonds, LVM filter,
