@@ -5,7 +5,8 @@ Xen ``xl`` on xencluster dom0s: which guests run here, and what the host is.
   (JSON) and the run states with one plain ``xl list``: two calls per host,
   whatever the number of guests.
 * ``info`` parses ``xl info``.
-* Lifecycle: ``render_config``, ``create``, ``shutdown``, ``destroy``,
+* Lifecycle: ``render_config``, ``create``, ``create_degraded`` (an xl.cfg
+  minus the disks of a dead node), ``shutdown``, ``destroy``,
   ``migrate``, ``save``, ``restore``, ``mem_set``, ``vcpu_set``,
   ``sched_credit2``. Every argument is validated before it reaches an argument
   list; nothing goes through a shell here (but ``xl migrate`` hands its ssh
@@ -771,3 +772,116 @@ def block_list(name):
     for row in live.values():
         disks.append({"vdev": None, "target": None, "format": None, "mode": None, **row})
     return disks
+
+
+# --- a degraded start: an xl.cfg minus the disks of a dead node -----------------------
+
+# the one `disk = [ ... ]` line render_config writes (one line per key)
+_DISK_LINE = re.compile(r"^disk = (.*)$", re.M)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_MAX_WITHOUT = 256
+
+
+def _check_paths(paths, what):
+    """A non-empty list of distinct valid absolute paths."""
+    if not isinstance(paths, (list, tuple)) or not paths or len(paths) > _MAX_WITHOUT:
+        raise SaltInvocationError(f"{what} must be a list of 1 to {_MAX_WITHOUT} paths: {paths!r:.120}")
+    for path in paths:
+        _check_path(path, what)
+    if len(set(paths)) != len(paths):
+        raise SaltInvocationError(f"{what} names a path twice: {paths!r:.200}")
+    return list(paths)
+
+
+def _disk_entries(text, where):
+    """``(entries, (start, end))``: the disk list of an xl.cfg that ``render_config`` wrote."""
+    found = list(_DISK_LINE.finditer(text))
+    if len(found) != 1:
+        raise SaltInvocationError(f"{where}: expected exactly one 'disk = [ ... ]' line, found {len(found)}")
+    value = found[0].group(1)
+    entries = [re.sub(r"\\(.)", r"\1", m.group(1)) for m in _QUOTED.finditer(value)]
+    # Read back only what render_config itself would write: anything else is not ours to edit.
+    if _render_value("disk", entries) != value:
+        raise SaltInvocationError(f"{where}: its disk line is not one render_config writes: {value!r:.200}")
+    return entries, found[0].span()
+
+
+def _disk_target(entry):
+    """The backing path of an xl disk spec written as ``key=value`` pairs (``target=`` comes last), or None."""
+    head, sep, target = entry.rpartition("target=")
+    if not sep or (head and not head.endswith(",")):
+        return None
+    return target
+
+
+def _without_disks(text, without, where="config"):
+    """
+    ``text`` (an xl.cfg written by ``render_config``) minus the disks backed by ``without``. Pure.
+
+    Returns ``(new text, kept entries, dropped entries)``: only the ``disk``
+    line changes; the kept entries are unchanged, so each keeps its ``vdev``
+    (the guest sees the same device names, and its md RAID1 runs degraded).
+    Raises SaltInvocationError when a path of ``without`` backs no disk of
+    ``text``, or when no disk would remain.
+    """
+    entries, (start, end) = _disk_entries(text, where)
+    targets = [_disk_target(entry) for entry in entries]
+    absent = [path for path in without if path not in targets]
+    if absent:
+        raise SaltInvocationError(f"{where}: no disk is backed by {', '.join(absent)} (disks: {targets})")
+    kept = [e for e, t in zip(entries, targets) if t not in without]
+    dropped = [e for e, t in zip(entries, targets) if t in without]
+    if not kept:
+        raise SaltInvocationError(f"{where}: leaving out {', '.join(without)} leaves the guest no disk")
+    return f"{text[:start]}disk = {_render_value('disk', kept)}{text[end:]}", kept, dropped
+
+
+def create_degraded(config_file, without, dry_run=False, tmp_dir=None):
+    """
+    Start a guest from its xl.cfg without some of its disks: the legs a dead node held.
+
+    ``config_file`` is an xl.cfg written by ``render_config`` (e.g.
+    ``/etc/xen/xencluster/<guest>.cfg`` from ``xencluster_guest.defined``);
+    ``without`` lists the backing paths (``target=``) of the disks to leave
+    out, each of which must be a disk of the file, and at least one disk must
+    remain. The file itself is not changed: a 0600 copy with the new ``disk``
+    line goes to ``tmp_dir`` (default ``/run``), ``xl create`` runs on it (as
+    ``create``: refused if a domain of that name exists here) and it is
+    removed. The other disks keep their ``vdev`` names.
+
+    This function does NOT check that the guest runs nowhere else: the
+    ``xencluster.recover`` runner does that, on every dom0, just before it
+    calls this.
+
+    Returns ``{"name", "config_file", "disk": [kept disk specs], "without":
+    [left-out disk specs], "created", "config" (the text used)}`` plus
+    ``"domid"`` and ``"state"`` once created. ``dry_run=True`` checks and
+    returns the same without starting anything.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_xl.create_degraded /etc/xen/xencluster/web1.cfg '[/dev/xencluster/web1.root.node1]'
+    """
+    _check_path(config_file, "config_file")
+    without = _check_paths(without, "without")
+    _check_bool(dry_run, "dry_run")
+    if not os.path.isfile(config_file):
+        raise SaltInvocationError(f"config_file does not exist: {config_file}")
+    name = _config_file_name(config_file)
+    with open(config_file, encoding="utf-8", errors="replace") as fh:
+        text, kept, dropped = _without_disks(fh.read(), without, config_file)
+    result = {"name": name, "config_file": config_file, "disk": kept, "without": dropped, "created": False,
+              "config": text}  # fmt: skip
+    if dry_run:
+        return result
+    tmp_dir = _check_path(RUN_DIR if tmp_dir is None else tmp_dir, "tmp_dir")
+    if not os.path.isdir(tmp_dir):
+        raise SaltInvocationError(f"tmp_dir is not a directory: {tmp_dir}")
+    path = _write_temp_config(text, tmp_dir)
+    try:
+        created = _create_from_file(name, path, False)
+    finally:
+        os.unlink(path)
+    return dict(result, created=True, domid=created["domid"], state=created["state"])

@@ -696,6 +696,9 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
     "retcode"}``, as ``state.orchestrate`` does); ``--out=highstate`` alone
     cannot render the plain return.
 
+    Where each guest was seen is kept in the master's cache for later runs
+    (``_remember``/``_last_seen``, bank ``xencluster/last_seen``).
+
     CLI Example:
 
     .. code-block:: bash
@@ -725,6 +728,7 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
         answers = _publish(client, [g for g in asked if g in keyed], MD_FUN, timeout)
         raid = {guest: answers.get(guest) for guest in asked}  # no key, no return: did not answer
     found, located = _evaluate(model, reports, raid)
+    _remember(model, reports)
     result = {
         "ok": not any(f["severity"] in (CRITICAL, ERROR) for f in found),
         "retcode": retcode(found),
@@ -752,6 +756,170 @@ def status(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
         salt-run xencluster.status guests=False --out=yaml
     """
     return verify(tgt=tgt, tgt_type=tgt_type, timeout=timeout, guests=guests, out=out)
+
+
+# --- monitor: verify on a schedule, one event per serious finding; where guests were seen ----
+
+ALERT_BASE = "xencluster/alert"
+# Not a finding of the cluster: the check itself could not run (bad model, bad argument).
+EMONITORFAILED = "EMONITORFAILED"
+ALERT_FIELDS = ("code", "severity", "message", "node", "guest", "leg")
+LAST_SEEN_BANK = "xencluster/last_seen"
+LAST_SEEN_KEY = "guests"
+
+
+def _seen_by_node(model, reports):
+    """``{node: [guest]}`` of the dom0s of the model whose domain list is known from ``reports``."""
+    known = _node_reports(model, reports or {}, [])  # its findings are verify's: only the parts are used
+    return {
+        node: sorted({_base_name(name) for name in parts["domains"] if isinstance(name, str)})
+        for node, parts in known.items()
+        if isinstance(parts["domains"], dict)
+    }
+
+
+def _merge_last_seen(previous, seen, nodes, now):
+    """
+    The new last_seen record (pure): the nodes in ``seen`` replace what they told before.
+
+    ``previous`` is the stored record (anything else counts as none), ``seen``
+    ``{node: [guest]}`` of the nodes whose domains are known now, ``nodes``
+    the nodes of the model. A node of the model that did not tell this time
+    keeps its earlier entries: a dead node's guests stay remembered. Entries
+    of a node no longer in the model are dropped.
+    """
+    old = previous.get("guests") if isinstance(previous, dict) else None
+    guests = {}
+    for guest, where in (old if isinstance(old, dict) else {}).items():
+        for node in where if isinstance(where, list) else []:
+            if isinstance(node, str) and node in nodes and node not in seen:
+                guests.setdefault(guest, set()).add(node)
+    for node, names in seen.items():
+        for guest in names:
+            guests.setdefault(guest, set()).add(node)
+    return {"at": int(now), "guests": {g: sorted(n) for g, n in sorted(guests.items())}, "nodes": sorted(seen)}
+
+
+def _last_seen():
+    """
+    Where each guest was last seen, from the master's cache; ``{}`` when nothing is stored.
+
+    Bank ``xencluster/last_seen``, key ``guests``: ``{"at": <unix time of the
+    last run in which a dom0 told its domains>, "guests": {guest: [node,
+    ...]}, "nodes": [the nodes that told in that run]}``. Written by every
+    ``verify``/``status``/``monitor`` run (``_remember``); a guest listed on
+    a node outside ``nodes`` was seen there by an earlier run, the last one
+    in which that node told. Domains are listed by guest name (an ``xl
+    migrate`` copy under its guest's name), unknown ones too. A cache that
+    cannot be read raises ``SaltCacheError``: "unknown" is not "nothing".
+    """
+    record = salt.cache.factory(__opts__).fetch(LAST_SEEN_BANK, LAST_SEEN_KEY)
+    return record if isinstance(record, dict) and isinstance(record.get("guests"), dict) else {}
+
+
+def _remember(model, reports):
+    """
+    Merge where this run saw each guest into the last_seen record; returns the record stored, or None.
+
+    Nothing is written when no dom0 told its domains. Two runs at once: the
+    last one to write wins, and each merged everything known before it.
+    """
+    seen = _seen_by_node(model, reports)
+    if not seen:
+        return None
+    try:
+        record = _merge_last_seen(_last_seen(), seen, set(model["nodes"]), time.time())
+        salt.cache.factory(__opts__).store(LAST_SEEN_BANK, LAST_SEEN_KEY, record)
+    except SaltCacheError as exc:  # a side record: the check it belongs to goes on
+        log.warning("xencluster: could not keep where the guests were seen: %s", exc)
+        return None
+    return record
+
+
+def _check_min_severity(value):
+    if not isinstance(value, str) or value not in SEVERITIES:
+        raise SaltInvocationError(f"min_severity must be one of {', '.join(SEVERITIES)}: {value!r:.120}")
+    return value
+
+
+def _serious(found, min_severity):
+    """The findings at or above ``min_severity`` (critical is the highest)."""
+    limit = SEVERITIES.index(min_severity)
+    return [f for f in found if SEVERITIES.index(f["severity"]) <= limit]
+
+
+def _fire_alert(alert):
+    """One event ``xencluster/alert/<code>`` (the codes are constants: a safe tag)."""
+    _fire_tag(f"{ALERT_BASE}/{alert['code']}", alert)
+
+
+def _monitor_failed(message, at):
+    """monitor's return when the check could not run; EMONITORFAILED is fired so a blind monitor is heard."""
+    alert = {"code": EMONITORFAILED, "severity": ERROR, "message": message, "node": None, "guest": None,
+             "leg": None, "at": at}  # fmt: skip
+    _fire_alert(alert)
+    __context__["retcode"] = 1
+    return {"ok": False, "retcode": 1, "error": message, "at": at, "summary": {}, "alerts": [alert]}
+
+
+def monitor(tgt=None, tgt_type="glob", timeout=None, guests=True, min_severity="error"):
+    """
+    Run ``verify`` and fire one event ``xencluster/alert/<code>`` per finding at or above ``min_severity``.
+
+    Meant for the master's ``schedule`` (every 60 s, say), with a reactor on
+    ``xencluster/alert/*`` (examples: ``salt/xencluster/files/master.d/
+    xencluster-monitor.conf`` and ``salt/reactor/xencluster_alert.sls``).
+    ``tgt``, ``tgt_type``, ``timeout`` and ``guests`` are ``verify``'s;
+    ``min_severity`` is ``critical``, ``error`` (default) or ``warning``.
+
+    Each event's data: ``{"code", "severity", "message", "node", "guest",
+    "leg" (None where it does not apply), "at": <unix time of the check>}``.
+
+    No de-duplication: every run fires an event for every serious finding,
+    for as long as it lasts. That keeps the monitor stateless (a master
+    restart or a lost event hides nothing) and bounds the delay: a condition
+    such as a double run is alerted by the next run, within one period. The
+    rate is the number of serious findings per period; to quieten it, raise
+    ``min_severity`` or the period, or de-duplicate where the alerts end up
+    (a finding is identified by ``code``, ``node``, ``guest``, ``leg``).
+
+    When the check cannot run at all (no model, a bad model, a bad argument)
+    nothing is published and ``xencluster/alert/EMONITORFAILED`` (severity
+    error) is fired whatever ``min_severity`` is: a monitor that cannot look
+    must not look like a healthy cluster. The return is then ``{"ok": False,
+    "retcode": 1, "error", "at", "summary": {}, "alerts": [that alert]}``.
+
+    Returns ``{"ok", "retcode" (as verify: 0, 1 or 2), "at", "min_severity",
+    "summary": {"critical": n, "error": n, "warning": n} (every finding),
+    "alerts": [the data of each event fired]}``. Like ``verify``, every run
+    keeps where each guest was seen (``_last_seen``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.monitor
+        salt-run xencluster.monitor min_severity=critical timeout=20 guests=False
+    """
+    try:
+        _check_min_severity(min_severity)
+    except SaltInvocationError as exc:
+        return _monitor_failed(str(exc), int(time.time()))
+    result = verify(tgt=tgt, tgt_type=tgt_type, timeout=timeout, guests=guests)
+    at = int(time.time())
+    if "error" in result:
+        return _monitor_failed(result["error"], at)
+    alerts = [dict({k: f[k] for k in ALERT_FIELDS}, at=at) for f in _serious(result["findings"], min_severity)]
+    for alert in alerts:
+        _fire_alert(alert)
+    return {
+        "ok": result["ok"],
+        "retcode": result["retcode"],
+        "at": at,
+        "min_severity": min_severity,
+        "summary": {s: result["summary"][s] for s in SEVERITIES},
+        "alerts": alerts,
+    }
 
 
 # --- drained nodes: the master's cache ----------------------------------------------------
@@ -1680,3 +1848,617 @@ def drained():
         when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc) if isinstance(since, int) else None
         out[node] = {"since": since, "since_utc": when.isoformat() if when else None}
     return out
+
+
+# --- recover: a lost node's guests started on their surviving legs ----------------------------
+
+RECOVER_EVENT_BASE = "xencluster/recover"
+DEFAULT_RECOVER_TIMEOUT = 300  # seconds for one xl create on the survivor
+MAX_RECOVER_TIMEOUT = 3600
+DEGRADED_FUN = "xencluster_xl.create_degraded"
+SCHED_FUN = "xencluster_xl.sched_credit2"
+GUEST_CONFIG_DIR = "/etc/xen/xencluster"  # where xencluster_guest.defined writes <guest>.cfg
+# The master-cache record of where guests were last seen (bank, key); its reader is _last_seen.
+RECOVER_CHECKS = ("runs_nowhere", "in_pair", "survivor_not_drained", "surviving_legs", "survivor_config",
+                  "survivor_memory")  # fmt: skip
+STARTED, WOULD_START, SKIPPED, REFUSED, FAILED = "started", "would_start", "skipped", "refused", "failed"
+RUNS = (STARTED, WOULD_START, SKIPPED)  # outcomes after which the guest runs (or would)
+
+
+def _check_recover_args(node, confirm_dead, flags, timeout, check_timeout):
+    """``flags``: ``{"dry_run": ..., "allow_drained": ...}``; raises SaltInvocationError."""
+    _check_name(node, "node")
+    if confirm_dead is None:
+        raise SaltInvocationError(f"refused: recover starts the guests of {node} on one leg of their disks; say "
+                                  f"that {node} is dead (powered off, fenced) with confirm_dead={node}")
+    _check_name(confirm_dead, "confirm_dead node")
+    if confirm_dead != node:
+        raise SaltInvocationError(f"refused: confirm_dead={confirm_dead} does not name the lost node {node} "
+                                  f"(confirm_dead={node} if {node} is dead)")  # fmt: skip
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise SaltInvocationError(f"{name} must be True or False: {value!r}")
+    _check_seconds(timeout, "timeout", MAX_RECOVER_TIMEOUT)
+    _check_seconds(check_timeout, "check_timeout", 600)
+
+
+def _last_seen_on(node):
+    """
+    What the master's cache last recorded on ``node``: ``{"at", "guests", "error"}``.
+
+    Reads bank ``xencluster/last_seen``, key ``guests`` (``{"at": <unix
+    time>, "guests": {guest: [nodes]}, "nodes": [...]}``, kept by
+    ``verify``; a node that stopped answering keeps its last entries).
+    ``guests``: the sorted names seen on ``node`` (a name that is not a
+    model NAME, or a migration name of one, is left out). No record, or one
+    of another shape, is ``{"at": None, "guests": [], "error": None}``; a
+    cache that cannot be read says so in ``error``.
+    """
+    try:
+        record = _last_seen()
+    except SaltCacheError as exc:
+        where = f"{LAST_SEEN_BANK}/{LAST_SEEN_KEY}"
+        log.warning("xencluster.recover: cannot read %s from the master cache: %s", where, exc)
+        return {"at": None, "guests": [], "error": f"the master cache {where} cannot be read: {exc}"}
+    if not isinstance(record, dict) or not isinstance(record.get("guests"), dict):
+        return {"at": None, "guests": [], "error": None}
+    seen = sorted(name for name, nodes in record["guests"].items()
+                  if isinstance(name, str) and _NAME.fullmatch(_base_name(name))
+                  and isinstance(nodes, (list, tuple)) and node in nodes)  # fmt: skip
+    at = record.get("at")
+    return {"at": at if isinstance(at, (int, float)) and not isinstance(at, bool) else None, "guests": seen,
+            "error": None}  # fmt: skip
+
+
+def lost_guests(model, node, seen):
+    """
+    The guests of the lost ``node`` (pure): ``({guest: {"pinned", "last_seen"}}, unknown)``.
+
+    A guest is the node's when the model pins it there (``node:``) or when it
+    was last seen there (``seen``: domain names, a migration's temporary name
+    counting as its guest). ``unknown``: the names seen there that the model
+    does not know (nothing can start them).
+    """
+    seen_base = {_base_name(name) for name in seen}
+    out = {}
+    for name, spec in sorted(model["guests"].items()):
+        pinned, last = spec.get("node") == node, name in seen_base
+        if pinned or last:
+            out[name] = {"pinned": pinned, "last_seen": last}
+    return out, sorted(seen_base - set(model["guests"]))
+
+
+def _recover_round(client, model, timeout):
+    """ONE publish of report + xl info to every node of the model: ``({node: node_facts}, {node: told})``."""
+    nodes = model["nodes"]
+    minions = [nodes[n]["minion"] for n in sorted(nodes)]
+    try:
+        answers = client.cmd(minions, list(PRECHECK_FUNS), [[] for _ in PRECHECK_FUNS], timeout=timeout,
+                             tgt_type="list", full_return=True) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.recover: the check publish failed: %s", exc)
+        answers = {}
+    facts, told = {}, {}
+    for n in sorted(nodes):
+        data = answers.get(nodes[n]["minion"])
+        facts[n] = node_facts(n, nodes[n]["minion"], data)
+        told[n] = any(kind != "no_answer" for kind, _v in _multi_parts(data, PRECHECK_FUNS).values())
+    return facts, told
+
+
+def _double_runs(facts):
+    """``{domain: [nodes]}`` of every domain seen under the same name on two or more nodes."""
+    where = {}
+    for node, fact in sorted(facts.items()):
+        for name in fact["domains"] or {}:
+            where.setdefault(name, []).append(node)
+    return {name: nodes for name, nodes in sorted(where.items()) if len(nodes) > 1}
+
+
+def _doubles_text(doubles):
+    return "; ".join(f"{name} on {' and '.join(nodes)}" for name, nodes in doubles.items())
+
+
+def _round_refusal(node, facts, told):
+    """``(retcode, why)`` when nothing may be started at all after the round, else None."""
+    if told[node]:
+        answer = facts[node]["why"].get("domains") or "it told its domains"
+        return 1, (f"{node} answered ({_short(answer, 160)}): it is not dead. Fence it (power it off) before "
+                   "recovering its guests elsewhere")  # fmt: skip
+    silent = [facts[n]["why"]["domains"] for n in sorted(facts) if n != node and facts[n]["domains"] is None]
+    if silent:
+        return 1, f"every other node must tell its domains: {'; '.join(silent)}"
+    doubles = _double_runs(facts)
+    if doubles:
+        return 2, (f"{ECLUSTERDOUBLERUN}: DOUBLE RUN of {_doubles_text(doubles)}: nothing is started "
+                   "(salt-run xencluster.verify)")  # fmt: skip
+    return None
+
+
+def _check_runs_nowhere(guest, facts):
+    """(the runs_nowhere check, the node it runs on or None)."""
+    plain, moving = _sightings(guest, facts)
+    told = ", ".join(n for n, fact in sorted(facts.items()) if fact["domains"] is not None)
+    if moving:
+        names = "; ".join(f"{', '.join(sorted(names))} on {n}" for n, names in sorted(moving.items()))
+        return _check("runs_nowhere", False, f"a migration of {guest} is seen ({names}): destroy what is left of "
+                      "it by hand first"), None  # fmt: skip
+    if not plain:
+        return _check("runs_nowhere", True, f"{guest} runs on none of {told}"), None
+    n, dom = sorted(plain.items())[0]  # on two nodes: the round already refused everything
+    if dom.get("state") in STOPPED:
+        return _check("runs_nowhere", False, f"{guest} exists on {n} but is {dom['state']}: destroy it first "
+                      f"(salt {n} xencluster_xl.destroy {guest})"), None  # fmt: skip
+    return _check("runs_nowhere", False, f"{guest} already runs on {n} ({dom.get('state')})"), n
+
+
+def _check_in_pair(guest, spec, node):
+    """(the in_pair check, the surviving node of the guest's pair or None)."""
+    pair = list(spec["nodes"])
+    if node not in pair:
+        return _check("in_pair", False, f"{guest}'s pair is {' and '.join(pair)}: {node} holds none of its "
+                      "legs, so there is nothing to recover"), None  # fmt: skip
+    survivor = next(n for n in pair if n != node)
+    return _check("in_pair", True, f"{guest}'s pair is {' and '.join(pair)}: it survives on {survivor}"), survivor
+
+
+def _check_survivor_drained(survivor, drained, allow_drained):
+    if survivor not in drained:
+        return _check("survivor_not_drained", True, f"{survivor} is not drained")
+    if allow_drained:
+        return _check("survivor_not_drained", True, f"{survivor} is drained, allowed by allow_drained=True")
+    return _check("survivor_not_drained", False, f"{survivor} is drained: it takes no guest (allow_drained=True "
+                  "starts it there anyway)")  # fmt: skip
+
+
+def _check_surviving_legs(guest, spec, survivor, fact):
+    """Each disk's leg on the survivor: its own LV at the stable path (from the node report)."""
+    if fact["links"] is None:
+        return _check("surviving_legs", False, f"the stable paths on {survivor} are not known: {fact['why']['links']}")
+    problems, legs = [], []
+    for disk in spec["disks"]:
+        leg = next(leg for leg in disk["legs"] if leg["node"] == survivor)
+        legs.append(leg["lv"])
+        problem = _leg_problem(leg, survivor, fact["links"].get(leg["lv"]))
+        if problem:
+            problems.append(f"disk {disk['name']}: surviving leg {leg['lv']} on {survivor}: {problem}")
+    if problems:
+        return _check("surviving_legs", False, f"{guest}: {'; '.join(problems)}")
+    return _check("surviving_legs", True, f"{survivor} has {guest}'s surviving legs: {', '.join(legs)} (local LVs)")
+
+
+def _dead_legs(spec, node):
+    return [leg for disk in spec["disks"] for leg in disk["legs"] if leg["node"] == node]
+
+
+def _surviving_legs(spec, survivor):
+    return [leg for disk in spec["disks"] for leg in disk["legs"] if leg["node"] == survivor]
+
+
+def recovery_checks(model, node, guest, facts, drained, allow_drained):
+    """
+    The checks of starting ``guest`` of the lost ``node`` on its survivor, but its config and memory (pure).
+
+    Returns ``(checks, survivor, runs_on)``: ``runs_nowhere``, ``in_pair``,
+    ``survivor_not_drained`` and ``surviving_legs`` (a check that cannot be
+    judged without the one before it is left out); the survivor is the other
+    node of the guest's pair (None outside it); ``runs_on`` the node the
+    guest already runs on (None).
+    """
+    spec = model["guests"][guest]
+    once, runs_on = _check_runs_nowhere(guest, facts)
+    pair, survivor = _check_in_pair(guest, spec, node)
+    checks = [once, pair]
+    if survivor is not None:
+        checks.append(_check_survivor_drained(survivor, drained, allow_drained))
+        checks.append(_check_surviving_legs(guest, spec, survivor, facts[survivor]))
+    return checks, survivor, runs_on
+
+
+def _config_path(guest):
+    return f"{GUEST_CONFIG_DIR}/{guest}.cfg"
+
+
+def _vdevs(entries):
+    """``xvdb=/dev/xencluster/web1.root.node2, ...`` of xl disk specs."""
+    out = []
+    for entry in entries:
+        fields = dict(f.split("=", 1) for f in entry.split(",") if "=" in f)
+        out.append(f"{fields.get('vdev', '?')}={fields.get('target', '?')}")
+    return ", ".join(out)
+
+
+def _degraded_call(client, minion, guest, dead, dry_run, timeout):
+    """``(kind, value)`` of ``xencluster_xl.create_degraded`` on ``minion``; never raises."""
+    try:
+        answers = client.cmd([minion], DEGRADED_FUN, [_config_path(guest), [leg["path"] for leg in dead]],
+                             timeout=timeout, tgt_type="list", full_return=True,
+                             kwarg={"dry_run": dry_run}) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        return "error", f"{type(exc).__name__}: {exc}"
+    return _answer(answers.get(minion), DEGRADED_FUN)
+
+
+def _config_problem(ret, spec, node, survivor):
+    """Why the degraded config ``create_degraded`` returned does not match the model, or None."""
+    kept = {entry.rpartition("target=")[2] for entry in ret.get("disk") or []}
+    want = {leg["path"] for leg in _surviving_legs(spec, survivor)}
+    dropped = {entry.rpartition("target=")[2] for entry in ret.get("without") or []}
+    dead = {leg["path"] for leg in _dead_legs(spec, node)}
+    if kept == want and dropped == dead:
+        return None
+    extra, missing = sorted(kept - want), sorted(want - kept)
+    return (f"{_config_path(spec['name'])} on {survivor} does not match the model (keeps {extra or 'nothing more'}, "
+            f"lacks {missing or 'nothing'}): state.apply xencluster.guests on {survivor} first")  # fmt: skip
+
+
+def _check_survivor_config(client, model, node, guest, survivor, timeout):
+    """The survivor_config check (ONE dry-run publish of create_degraded) and the kept disks."""
+    spec, minion = model["guests"][guest], model["nodes"][survivor]["minion"]
+    kind, ret = _degraded_call(client, minion, guest, _dead_legs(spec, node), True, timeout)
+    if kind != "ok":
+        why = _why_not(survivor, minion, DEGRADED_FUN, kind, ret)
+        return _check("survivor_config", False, f"no degraded config of {guest} on {survivor}: {why}"), []
+    problem = _config_problem(ret, spec, node, survivor)
+    if problem:
+        return _check("survivor_config", False, problem), []
+    dead = ", ".join(leg["lv"] for leg in _dead_legs(spec, node))
+    return _check("survivor_config", True, f"{_config_path(guest)} on {survivor} without {dead}: "
+                  f"{_vdevs(ret['disk'])}"), list(ret["disk"])  # fmt: skip
+
+
+def _check_memory_fit(guest, need, survivor, fact, planned):
+    """The survivor_memory check; ``planned``: ``{guest: MiB}`` already placed on the survivor."""
+    if fact["info"] is None:
+        return _check("survivor_memory", False, f"the free memory of {survivor} is not known: {fact['why']['info']}")
+    free = fact["info"].get("free_memory")
+    if not isinstance(free, int) or isinstance(free, bool):
+        return _check("survivor_memory", False, f"xl info on {survivor} has no free_memory: {free!r}")
+    used = sum(planned.values())
+    before = f", {used} MiB of it for {', '.join(planned)} before it" if planned else ""
+    text = f"{survivor} has {free} MiB free{before}; {guest} needs {need} MiB (the model)"
+    return _check("survivor_memory", used + need <= free, text)
+
+
+def _entry(guest, why, node, survivor, spec):
+    dead = [leg["lv"] for leg in _dead_legs(spec, node)] if survivor else []
+    legs = [leg["lv"] for leg in _surviving_legs(spec, survivor)] if survivor else []
+    return {"guest": guest, "outcome": None, "on": None, "survivor": survivor, "without_legs": dead, "legs": legs,
+            "pinned": why["pinned"], "last_seen": why["last_seen"], "memory": spec["memory"], "checks": [],
+            "disk": [], "message": ""}  # fmt: skip
+
+
+def _refuse(entry, dry_run):
+    failed = [c for c in entry["checks"] if not c["ok"]]
+    verb = "would not start" if dry_run else "not starting"
+    entry.update(outcome=REFUSED, message=f"{verb} {entry['guest']}: {len(failed)} check(s) failed ("
+                 f"{', '.join(c['check'] for c in failed)}): {'; '.join(c['message'] for c in failed)}")
+
+
+def _judge_guest(client, model, node, guest, why, facts, settings):
+    """One guest's entry after every check but memory: outcome None while it may still be started.
+
+    ``settings``: ``(drained nodes, allow_drained, dry_run, check_timeout)``.
+    """
+    drained, allow_drained, dry_run, check_timeout = settings
+    spec = model["guests"][guest]
+    checks, survivor, runs_on = recovery_checks(model, node, guest, facts, drained, allow_drained)
+    entry = _entry(guest, why, node, survivor, spec)
+    entry["checks"] = checks
+    if runs_on is not None:
+        entry.update(outcome=SKIPPED, on=runs_on, message=f"{guest} already runs on {runs_on}: not started")
+    elif not all(c["ok"] for c in checks):
+        _refuse(entry, dry_run)
+    else:
+        check, disk = _check_survivor_config(client, model, node, guest, survivor, check_timeout)
+        entry["checks"].append(check)
+        entry["disk"] = disk
+        if not check["ok"]:
+            _refuse(entry, dry_run)
+    return entry
+
+
+def _place(entries, facts, dry_run):
+    """The survivor_memory check of each guest still in the running, first fit in name order."""
+    planned = {}
+    for entry in entries:
+        if entry["outcome"] is not None:
+            continue
+        survivor = entry["survivor"]
+        mine = planned.setdefault(survivor, {})
+        check = _check_memory_fit(entry["guest"], entry["memory"], survivor, facts[survivor], dict(mine))
+        entry["checks"].append(check)
+        if not check["ok"]:
+            _refuse(entry, dry_run)
+            continue
+        mine[entry["guest"]] = entry["memory"]
+        if dry_run:
+            entry.update(outcome=WOULD_START, on=survivor, message=f"would start {entry['guest']} on {survivor} "
+                         f"degraded, without legs {', '.join(entry['without_legs'])}")  # fmt: skip
+
+
+def _refuse_all(entries, why, dry_run):
+    verb = "would not start" if dry_run else "not starting"
+    for entry in entries:
+        entry.update(outcome=REFUSED, message=f"{verb} {entry['guest']}: {why}")
+
+
+def _fire_recover(node, guest, step, data):
+    """One event ``xencluster/recover/<node>/<guest>/<step>``."""
+    _fire_tag(f"{RECOVER_EVENT_BASE}/{node}/{guest}/{step}", data)
+
+
+def _survivor_lists(client, model, node, timeout):
+    """ONE list_domains publish to every node but the lost one: ``{node: domains or None}``."""
+    others = sorted(n for n in model["nodes"] if n != node)
+    return {n: {"domains": domains} for n, domains in _domain_lists(client, model["nodes"], others, timeout).items()}
+
+
+def _final_check(guest, lists):
+    """
+    The last look before the start: ``None`` (go), or ``(outcome, retcode, on, why)``.
+
+    ``lists``: ``{node: {"domains": list_domains or None}}`` of every node
+    but the lost one. A guest someone started meanwhile is ``skipped``.
+    """
+    silent = sorted(n for n, fact in lists.items() if fact["domains"] is None)
+    if silent:
+        return FAILED, 1, None, f"{', '.join(silent)} did not tell its domains just before the start"
+    doubles = _double_runs(lists)
+    if doubles:
+        why = f"{ECLUSTERDOUBLERUN}: DOUBLE RUN of {_doubles_text(doubles)} seen just before the start"
+        return FAILED, 2, None, why
+    check, runs_on = _check_runs_nowhere(guest, lists)
+    if runs_on is not None:
+        return SKIPPED, 0, runs_on, f"{check['message']} (seen just before the start): not started"
+    if not check["ok"]:
+        return FAILED, 1, None, f"{check['message']} (seen just before the start)"
+    return None
+
+
+def _post_check(guest, survivor, lists):
+    """``(ok, where, message)``: the guest runs on the survivor, under its own name, and nowhere else."""
+    plain, moving = _sightings(guest, lists)
+    where = sorted(set(plain) | set(moving))
+    silent = sorted(n for n, fact in lists.items() if fact["domains"] is None)
+    if len(plain) > 1:
+        return False, where, f"{ECLUSTERDOUBLERUN}: DOUBLE RUN: {guest} runs on {' and '.join(sorted(plain))}"
+    if list(plain) == [survivor] and not moving and plain[survivor].get("state") not in STOPPED:
+        note = f" ({', '.join(silent)} did not tell)" if silent else ""
+        return True, where, f"{guest} runs on {survivor} ({plain[survivor].get('state')}){note}"
+    if survivor in silent:
+        return False, where, f"{survivor} did not tell its domains after the start: where {guest} runs is not known"
+    names = "; ".join(f"{', '.join(sorted(found))} on {n}" for n, found in sorted(moving.items()))
+    states = "; ".join(f"{dom.get('state')} on {n}" for n, dom in sorted(plain.items()))
+    return False, where, f"{guest} is not running on {survivor}: seen {states or names or 'nowhere'}"
+
+
+def _apply_sched(client, minion, guest, sched, timeout):
+    """The model's credit2 weight/cap, as ``xencluster_guest.running`` applies them; a note on failure."""
+    if not sched:
+        return ""
+    try:
+        answers = client.cmd([minion], SCHED_FUN, [guest], timeout=timeout, tgt_type="list", full_return=True,
+                             kwarg={"weight": sched["weight"], "cap": sched["cap"]}) or {}  # fmt: skip
+        kind, ret = _answer(answers.get(minion), SCHED_FUN)
+    except Exception as exc:  # pylint: disable=broad-except
+        kind, ret = "error", f"{type(exc).__name__}: {exc}"
+    return "" if kind == "ok" else f"; but setting its credit2 weight/cap failed: {_short(ret)}"
+
+
+def _start_one(client, model, node, entry, settings):
+    """Final check, create_degraded, sched, post-check of one planned guest: the retcode it calls for."""
+    timeout, check_timeout = settings
+    guest, survivor = entry["guest"], entry["survivor"]
+    minion = model["nodes"][survivor]["minion"]
+    _fire_recover(node, guest, "started", {"node": node, "guest": guest, "survivor": survivor,
+                                           "without_legs": entry["without_legs"]})  # fmt: skip
+    _progress(f"{guest}: last check, then xl create on {survivor} without {', '.join(entry['without_legs'])}")
+    stop = _final_check(guest, _survivor_lists(client, model, node, check_timeout))
+    if stop:
+        outcome, code, on, why = stop
+        entry.update(outcome=outcome, on=on, message=f"{guest}: {why}" if on else f"not starting {guest}: {why}")
+        return _end_one(node, entry, code)
+    kind, ret = _degraded_call(client, minion, guest, _dead_legs(model["guests"][guest], node), False, timeout)
+    problem = None if kind == "ok" else _why_not(survivor, minion, DEGRADED_FUN, kind, ret)
+    if kind == "ok":
+        entry["disk"] = list(ret.get("disk") or entry["disk"])
+    sched = "" if problem else _apply_sched(client, minion, guest, model["guests"][guest].get("sched"), check_timeout)
+    ok, where, seen = _post_check(guest, survivor, _survivor_lists(client, model, node, check_timeout))
+    if ok:
+        note = f" ({problem}, but it runs)" if problem else ""
+        entry.update(outcome=STARTED, on=survivor, message=f"{guest} started on {survivor} degraded, without legs "
+                     f"{', '.join(entry['without_legs'])}: {seen}{note}{sched}")  # fmt: skip
+        return _end_one(node, entry, 0)
+    entry.update(outcome=FAILED, on=where[0] if len(where) == 1 else None,
+                 message=f"{guest} was not started on {survivor}: {problem or 'xl create returned'}; {seen}")
+    return _end_one(node, entry, 2 if seen.startswith(ECLUSTERDOUBLERUN) else 1)
+
+
+def _end_one(node, entry, code):
+    """Fire ``finished`` (it runs) or ``failed``, say it; return ``code``."""
+    step = "finished" if entry["outcome"] in RUNS else "failed"
+    _fire_recover(node, entry["guest"], step, dict(entry))
+    _progress(entry["message"])
+    if code == 2:
+        log.error("xencluster.recover: %s", entry["message"])
+    return code
+
+
+def _start_all(client, model, node, entries, settings):
+    """Start each planned guest in turn; after a double run, nothing more. The worst retcode seen."""
+    worst = 0
+    for entry in entries:
+        if entry["outcome"] is not None:
+            continue
+        if worst == 2:
+            _refuse_all([entry], f"{ECLUSTERDOUBLERUN}: a DOUBLE RUN was seen during the recovery: nothing more "
+                        "is started", False)  # fmt: skip
+            continue
+        worst = max(worst, _start_one(client, model, node, entry, settings))
+    return worst
+
+
+def _recover_summary(node, entries, unknown, dry_run, last):
+    """One line: what happened to each guest of the lost node."""
+    by = {}
+    for entry in entries:
+        by.setdefault(entry["outcome"], []).append(entry["guest"])
+    if not entries:
+        text = f"no guest of {node} is known: none is pinned to it, none was last seen on it"
+    else:
+        parts = [f"{len(by[o])} {o.replace('_', ' ')} ({', '.join(by[o])})" for o in
+                 (STARTED, WOULD_START, SKIPPED, REFUSED, FAILED) if o in by]  # fmt: skip
+        text = f"{'dry run: ' if dry_run else ''}recovering {node}: {', '.join(parts)}"
+    if unknown:
+        text += f"; last seen on {node} but not in the model: {', '.join(unknown)}"
+    if last and last["error"]:
+        text += f"; {last['error']}: a guest only last seen on {node} is missing from this list"
+    elif last and last["at"] is None:
+        text += (f"; no record of where guests were last seen (salt-run xencluster.verify keeps one): only the "
+                 f"guests pinned to {node} are known")  # fmt: skip
+    return text
+
+
+def _recovery(node, dry_run, started, entries=(), unknown=(), last_seen=None, code=None, message=None):
+    """The return of ``recover``; ``code``/``message`` given: a refusal before any guest was judged."""
+    entries = list(entries)
+    if code is None:
+        # not knowing every guest of the node (unreadable record) is not "every guest runs"
+        code = 0 if all(e["outcome"] in RUNS for e in entries) and not (last_seen or {}).get("error") else 1
+    if code:
+        __context__["retcode"] = code
+    return {
+        "result": code == 0, "retcode": code, "node": node, "dry_run": dry_run, "guests": entries,
+        "started": [e["guest"] for e in entries if e["outcome"] in (STARTED, WOULD_START)],
+        "skipped": [e["guest"] for e in entries if e["outcome"] == SKIPPED],
+        "refused": [e["guest"] for e in entries if e["outcome"] in (REFUSED, FAILED)],
+        "unknown": list(unknown), "last_seen": last_seen, "duration_s": round(time.monotonic() - started, 1),
+        "message": message or _recover_summary(node, entries, unknown, dry_run, last_seen),
+    }  # fmt: skip
+
+
+def _plan_recovery(client, model, node, facts, last, settings):
+    """Every guest of the lost node judged (memory last): ``(entries, unknown)``."""
+    guests, unknown = lost_guests(model, node, last["guests"])
+    entries = [_judge_guest(client, model, node, guest, why, facts, settings) for guest, why in guests.items()]
+    _place(entries, facts, settings[2])
+    return entries, unknown
+
+
+def recover(node, confirm_dead=None, dry_run=False, allow_drained=False, timeout=DEFAULT_RECOVER_TIMEOUT,
+            check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+    """
+    After ``node`` is lost: start each of its guests on the other node of its pair, on the surviving legs only.
+
+    Nothing starts by itself: ``confirm_dead`` must name ``node`` again (the
+    operator's word that it is powered off or fenced). Then:
+
+    1. The model, as ``verify`` reads it; ``node`` must be a node of it.
+    2. ONE publish of ``xencluster_node.report`` and ``xencluster_xl.info``
+       to every node of the model, waiting up to ``check_timeout`` seconds
+       (all of it when the lost node still has a key). Nothing is started
+       when ``node`` answers at all (it is not dead: fence it first), when
+       another node does not tell its domains, or when any domain runs on two
+       nodes (``ECLUSTERDOUBLERUN``, exit status 2).
+    3. The guests of ``node``: those the model pins to it (``node:``) and
+       those last seen on it (the master cache's ``xencluster/last_seen``
+       record, a migration's temporary name counting as its guest). A name
+       seen there that the model does not know is listed in ``unknown``
+       (nothing can start it; it does not change the exit status).
+    4. Per guest, in name order, each check ``{"check", "ok", "message"}``:
+       ``runs_nowhere`` (a guest that already runs is ``skipped``; one that
+       is crashed or shut down somewhere, or a migration's leftover, is
+       refused), ``in_pair`` (the survivor is the other node of its pair),
+       ``survivor_not_drained`` (a drained survivor is refused unless
+       ``allow_drained=True``: in an emergency the guests may have to go
+       there anyway), ``surviving_legs`` (each disk's leg on the survivor is
+       its own LV at ``/dev/xencluster/<leg>``: else the guest, disk, leg and
+       path are named), ``survivor_config`` (ONE publish of
+       ``xencluster_xl.create_degraded`` with ``dry_run=True`` to the
+       survivor: ``/etc/xen/xencluster/<guest>.cfg``, the file
+       ``xencluster_guest.defined`` rendered from the model, must hold
+       exactly the dead and surviving legs), ``survivor_memory`` (``xl
+       info`` free memory, first fit in name order: the guests placed before
+       count).
+    5. ``dry_run=True`` stops here (no event, nothing started) and returns
+       the plan. Otherwise ``node`` is marked drained first (as ``evacuate``
+       does): when it comes back it takes no guest until it is restored and
+       undrained (``salt-run xencluster.undrain``).
+    6. Each guest that passed, one at a time: a last ``list_domains`` publish
+       to every node but ``node`` (it must be seen nowhere, every one must
+       tell), ``xencluster_xl.create_degraded`` on the survivor (that file
+       minus the disks of the dead legs; the others keep their ``vdev``, so
+       the guest's md RAID1 runs degraded), the model's credit2 weight/cap,
+       and a ``list_domains`` post-check. A double run seen on the way
+       starts nothing more.
+
+    Events (not in a dry run): ``xencluster/recover/<node>/<guest>/started``,
+    then ``.../finished`` (it runs) or ``.../failed``, with the guest's
+    entry; ``salt-run`` prints progress lines. A guest refused by its checks
+    fires none.
+
+    Returns ``{"result", "retcode", "node", "dry_run", "guests": [{"guest",
+    "outcome" (started, would_start, skipped, refused, failed), "on" (where
+    it runs, or would), "survivor", "without_legs", "legs", "pinned",
+    "last_seen", "memory", "checks", "disk" (the xl disk specs kept),
+    "message"}], "started", "skipped", "refused", "unknown", "last_seen"
+    ({"at", "guests", "error"}), "drained" (``node`` is marked drained now;
+    absent when the run was refused before), "duration_s", "message"}``. ``retcode``
+    (salt-run's exit status) is 0 only when every guest of ``node`` runs (or
+    would) once done, 2 after a double run, else 1 (also when the
+    last_seen record cannot be read: the guests of ``node`` are not all
+    known). A bad argument or model is such a return (``result`` False), not
+    an exception.
+
+    Restoring redundancy once ``node`` is back (re-adding its legs to each
+    guest's md RAID1) is another verb; this one only starts guests.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.recover node1 confirm_dead=node1 dry_run=True
+        salt-run xencluster.recover node1 confirm_dead=node1
+        salt-run xencluster.recover node1 confirm_dead=node1 allow_drained=True --out=json
+    """
+    started = time.monotonic()
+    try:
+        _check_recover_args(node, confirm_dead, {"dry_run": dry_run, "allow_drained": allow_drained}, timeout,
+                            check_timeout)  # fmt: skip
+        model = _evacuate_model(node, tgt, tgt_type)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError.
+        log.error("xencluster.recover: not recovering: %s", exc)
+        return _recovery(node, dry_run is True, started, code=1, message=f"not recovering {node}: {exc}")
+    client = _local_client()
+    facts, told = _recover_round(client, model, check_timeout)
+    last = _last_seen_on(node)
+    refusal = _round_refusal(node, facts, told)
+    if refusal:
+        guests, unknown = lost_guests(model, node, last["guests"])
+        entries = [_entry(g, why, node, _check_in_pair(g, model["guests"][g], node)[1], model["guests"][g])
+                   for g, why in guests.items()]  # fmt: skip
+        _refuse_all(entries, refusal[1], dry_run)
+        message = f"{'would not recover' if dry_run else 'not recovering'} {node}: {refusal[1]}"
+        (log.error if refusal[0] == 2 else log.warning)("xencluster.recover: %s", message)
+        if not dry_run:
+            _progress(message)
+        return _recovery(node, dry_run, started, entries, unknown, last, code=refusal[0], message=message)
+    try:
+        # Before anything starts: the lost node takes no guest (migrate refuses it) until restored.
+        marked = _mark_drained(node, dry_run)
+    except SaltCacheError as exc:
+        log.error("xencluster.recover: not recovering %s: cannot mark it drained: %s", node, exc)
+        return _recovery(node, dry_run, started, code=1, message=f"not recovering {node}: cannot mark it drained: {exc}")
+    entries, unknown = _plan_recovery(client, model, node, facts, last,
+                                      (_drained(), allow_drained, dry_run, check_timeout))  # fmt: skip
+    code = None
+    if not dry_run:
+        _progress(f"recovering {node}: {sum(e['outcome'] is None for e in entries)} guest(s) to start degraded")
+        code = _start_all(client, model, node, entries, (timeout, check_timeout)) or None
+    result = _recovery(node, dry_run, started, entries, unknown, last, code=code if code == 2 else None)
+    result["drained"] = marked
+    if not dry_run:
+        _progress(result["message"])
+    return result

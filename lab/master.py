@@ -71,6 +71,10 @@ def settings() -> dict:
         # xencluster_guest.running asks the master, at that moment, where a guest runs
         # (publish.runner xencluster.locate); only the dom0 minions may call that runner.
         "peer_run": {r"node[0-9]+$": [r"xencluster\.locate$"]},
+        # The shipped alert reactor (salt/reactor/xencluster_alert.sls): xencluster.monitor's
+        # alerts land in this master's log. No monitor schedule: it would add commands to every
+        # lab measurement; the lab test runs xencluster.monitor itself.
+        "reactor": [{"xencluster/alert/*": ["salt://reactor/xencluster_alert.sls"]}],
     }
 
 

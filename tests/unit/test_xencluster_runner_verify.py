@@ -420,8 +420,10 @@ def context():
 
 
 @pytest.fixture
-def configure_loader_modules(context):
-    return {runner: {"__opts__": {"conf_file": "/etc/salt/master", "timeout": 5}, "__context__": context}}
+def configure_loader_modules(context, tmp_path):
+    # verify keeps where it saw the guests in the master's cache: a private one per test
+    opts = {"conf_file": "/etc/salt/master", "timeout": 5, "cachedir": str(tmp_path / "cache")}
+    return {runner: {"__opts__": opts, "__context__": context}}
 
 
 @pytest.fixture
