@@ -84,6 +84,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    cluster.stop(args.node, hard=args.hard, log=_print)
+    return 0
+
+
 def cmd_restart(args: argparse.Namespace) -> int:
     cluster.restart(args.node, hard=args.hard, log=_print)
     return 0
@@ -157,6 +162,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="nodes, switches, master (cheap checks)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="stop one node, disks kept (--hard: as if its power were pulled)")
+    p.add_argument("node")
+    p.add_argument("--hard", action="store_true", help="quit QEMU through its monitor instead of poweroff")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("restart", help="graceful stop and boot of one node, same disks")
     p.add_argument("node")

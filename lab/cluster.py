@@ -230,6 +230,20 @@ def _mention_extra_nodes(wanted: Sequence[Node], log: Log) -> None:
 # --- restart -------------------------------------------------------------------------
 
 
+def stop(name: str, hard: bool = False, log: Log = print) -> dict:
+    """Stop one node (graceful unless hard: a pulled plug); its overlay and disks stay for `up`."""
+    node = config.node_by_name(name)
+    with state.locked(f"stop {name}"):
+        preflight.require_root("stop")
+        stopped = nodes.stop(node, hard, log)
+        if stopped["stopped"]:
+            state.update_node(name, pid=None)
+            log(f"{name}: stopped by {stopped['how']} in {stopped['seconds']} s; `up` boots it again, same disks")
+        else:
+            log(f"{name}: was not running")
+        return stopped
+
+
 def restart(name: str, hard: bool = False, log: Log = print) -> dict:
     """Stop a node (graceful unless hard) and boot it again on the SAME overlay and disks."""
     node = config.node_by_name(name)

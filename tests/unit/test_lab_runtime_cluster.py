@@ -210,6 +210,18 @@ def test_restart_boots_the_same_overlay(fake_lab, monkeypatch):
     assert "node1: stopped by graceful poweroff in 1.0 s" in said
 
 
+def test_stop_of_one_node_keeps_its_disks_for_up(fake_lab):
+    cluster.up(2, log=lambda line: None)
+    node2 = Node(2)
+    node2.data_disk(1).write_bytes(b"legs")
+    said = []
+    result = cluster.stop("node2", hard=True, log=said.append)
+    assert fake_lab["calls"]["stopped"] == ["node2"] and result["stopped"] is True
+    assert state.load()["nodes"]["node2"]["pid"] is None
+    assert node2.overlay.exists() and node2.data_disk(1).read_bytes() == b"legs"  # the lost node's disks stay
+    assert "node2: stopped by monitor quit in 1.0 s; `up` boots it again, same disks" in said, said
+
+
 def test_restart_refuses_an_overlay_whose_base_changed(fake_lab):
     cluster.up(1, log=lambda line: None)
     base = fake_lab["img"] / "base.raw"
