@@ -47,3 +47,25 @@ def salt_run(*argv, timeout=300):
     return json.loads(proc.stdout)
 
 
+
+
+def json_documents(text):
+    """Every JSON document in ``text``: salt-run --out=json prints one per progress event, then the return."""
+    decoder, docs, pos = json.JSONDecoder(), [], 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return docs
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+
+
+def salt_run_docs(*argv, timeout=300):
+    """(salt-run's exit status, every JSON document it printed): for runners that report progress."""
+    proc = lab("salt-run", *argv, "--out=json", f"--timeout={timeout}", timeout=timeout + 120, check=False)
+    try:
+        return proc.returncode, json_documents(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"salt-run {' '.join(argv)}: not JSON (rc={proc.returncode})\n"
+                             f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}") from exc

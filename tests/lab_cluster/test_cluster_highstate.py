@@ -25,7 +25,20 @@ In order, on a cluster wiped and booted fresh for this module (bare dom0s):
 5. `xencluster_guest.running db1` on node1 (db1 runs on node2) is refused with
    the reason, and db1 is not started twice;
 6. pulling node1's active service link (eth2): the bond fails over to eth3
-   and web1 keeps reaching db1.
+   and web1 keeps reaching db1;
+7. `xencluster.verify` finds nothing serious, then the top alarm for a guest
+   started twice behind the cluster's back, which `xencluster.monitor` alerts
+   and the shipped reactor writes to the master's log;
+8. maintenance through the runner: `xencluster.migrate web1` (dry run, then
+   live to node2), `xencluster.evacuate node2` (web1 and db1 live to node1,
+   node2 drained: a migration to it is refused), `xencluster.undrain node2`,
+   and db1 live back home; each guest keeps its heartbeat counter (the same
+   guest, not a reboot), both legs and its peer, and runs on one node only;
+9. node2 is lost (its QEMU quit, as if its power were pulled):
+   `xencluster.recover node2` refuses without `confirm_dead=node2`; with it,
+   db1 starts on node1 on its surviving leg only, its md RAID1 runs degraded
+   and it reaches web1 again; node2 is marked drained. Node2 stays down: this
+   is the module's last step.
 
 This module wipes and reboots the lab and leaves it converged (bonds, LVM
 filter, running guests), so it runs last (conftest.py).
@@ -45,7 +58,7 @@ import time
 import pytest
 from salt.utils.dictupdate import merge
 from salt.utils.yaml import safe_load
-from labcli import lab, salt, salt_run
+from labcli import lab, salt, salt_run, salt_run_docs
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(5400)]
 
@@ -54,6 +67,8 @@ NODES = ["node1", "node2"]
 BOTH = ",".join(NODES)
 HOME = {"web1": "node1", "db1": "node2", "app1": "node1"}
 HIGHSTATE_TIMEOUT = 2400
+sys.path.insert(0, str(ROOT))
+from lab.config import MASTER_LOG  # noqa: E402  pylint: disable=wrong-import-position
 # xenconsoled --timestamp=guest (the formula's setting) prefixes lines with "[date time] ", and
 # now and then glues the next one on without a newline: a beat ends at a newline or a timestamp.
 BEAT = re.compile(r"HB ([0-9]+) md=(.*?)(?: net=(ok|fail))?[ \t\r]*(?=\[\d{4}-\d\d-\d\d |$)", re.M)
@@ -74,6 +89,13 @@ def validator_lines(override):
     except Exception as exc:  # pylint: disable=broad-except
         return [line for line in str(exc).splitlines() if line.startswith("xencluster.")]
     raise AssertionError(f"the lab model with {override} is valid: not a bad-pillar case")
+
+
+def run(argv, node):
+    """cmd.run_all with an argument list (no shell) on one node; must succeed."""
+    ret = salt(node, "cmd.run_all", json.dumps(argv), "python_shell=False")[node]
+    assert isinstance(ret, dict) and ret["retcode"] == 0, (node, argv, ret)
+    return ret["stdout"]
 
 
 def ssh(node, line, check=True):
@@ -135,15 +157,20 @@ def by_id(node_ret):
     return {state["__id__"]: state for state in node_ret.values()}
 
 
-def console(node, guest):
-    return ssh(node, f"cat /var/log/xen/console/guest-{guest}.log 2>/dev/null || true")
+# xenconsoled names a log after the domain's name when it first sees it: a guest that arrived
+# by migration writes guest-<name>--incoming.log. Each log is printed after a separator line.
+CONSOLE_LOGS = ('for f in /var/log/xen/console/guest-{0}.log /var/log/xen/console/guest-{0}--incoming.log; '
+                'do [ -f "$f" ] && echo "==> $f <==" && cat "$f"; done; true')  # fmt: skip
+LOG_SEPARATOR = re.compile(r"^==> \S+ <==\n", re.M)
 
 
 def beats(node, guest):
-    """[(n, md status, net)] of the guest's heartbeats on node (whole lines only)."""
-    text = console(node, guest)
-    text = text[: text.rfind("\n") + 1]  # xenconsoled may have written half of the newest line
-    return [(int(n), md, net) for n, md, net in BEAT.findall(text)]
+    """[(n, md status, net)] of the guest's heartbeats on node, in counter order (whole lines only)."""
+    found = []
+    for text in LOG_SEPARATOR.split(ssh(node, CONSOLE_LOGS.format(guest))):
+        text = text[: text.rfind("\n") + 1]  # xenconsoled may have written half of a log's newest line
+        found += [(int(n), md, net) for n, md, net in BEAT.findall(text)]
+    return sorted(found, key=lambda beat: beat[0])
 
 
 def wait_until(what, probe, timeout, interval=5):
@@ -354,5 +381,130 @@ def test_verify_raises_the_top_alarm_for_a_guest_started_twice(applied):
         assert code == 2 and ret["ok"] is False, ret
         first = ret["findings"][0]
         assert (first["code"], first["severity"], first["guest"]) == ("ECLUSTERDOUBLERUN", "critical", "app1"), ret
+        # the monitor (what the master schedule runs) alerts it; the shipped reactor logs the alert
+        logged = MASTER_LOG.stat().st_size
+        code, (monitored,) = salt_run_docs("xencluster.monitor", timeout=120)
+        assert code == 2 and monitored["retcode"] == 2, monitored
+        alert = monitored["alerts"][0]
+        assert (alert["code"], alert["guest"]) == ("ECLUSTERDOUBLERUN", "app1"), monitored
+
+        def alert_logged():
+            with MASTER_LOG.open(errors="replace") as log:
+                log.seek(logged)
+                lines = [ln for ln in log if "xencluster alert ECLUSTERDOUBLERUN (critical)" in ln]
+            return any("[CRITICAL" in ln and "guest=app1" in ln for ln in lines), lines
+
+        wait_until("the reactor's CRITICAL line in the master log", alert_logged, timeout=60, interval=2)
     finally:
         salt("node2", "xencluster_xl.destroy", "app1", timeout=300)
+
+
+# --- maintenance through the runner: migrate, evacuate, undrain ------------------------------
+
+CHECKS = ["legs_on_target", "migratable", "runs_once", "target_in_pair", "target_memory", "target_not_drained",
+          "xen_compatible"]  # fmt: skip
+
+
+def where(guests, tgt=BOTH):
+    located = salt_run("xencluster.locate", f"tgt={tgt}", "tgt_type=list", timeout=120)
+    assert located["double_runs"] == [], located
+    return {g: located["guests"].get(g) for g in guests}
+
+
+def still_the_same_guest(node, guest, after, peer_ok=True):
+    """Wait for three heartbeats of guest on node numbered above ``after``: both legs, peer reached."""
+
+    def three_more():
+        newer = [b for b in beats(node, guest) if b[0] > after]
+        ok = len(newer) >= 3 and all("[2/2] [UU]" in md for _, md, _ in newer[-3:])
+        return ok and (not peer_ok or all(net == "ok" for _, _, net in newer[-3:])), newer[-5:]
+
+    return wait_until(f"{guest} beating on {node} after heartbeat {after}", three_more, timeout=300)
+
+
+def checks_of(result):
+    return {c["check"]: c["ok"] for c in result["checks"]}
+
+
+def test_a_migration_dry_run_checks_everything_and_moves_nothing(applied):
+    code, docs = salt_run_docs("xencluster.migrate", "web1", "dry_run=True")
+    assert len(docs) == 1, docs  # a dry run fires no event: no progress line
+    (result,) = docs
+    assert code == 0 and result["result"] is True and result["ran"] is False, result
+    assert (result["source"], result["target"]) == ("node1", "node2"), result
+    assert checks_of(result) == dict.fromkeys(CHECKS, True), result
+    assert where(["web1"]) == {"web1": ["node1"]}
+
+
+def test_migrate_moves_web1_live_to_node2_on_both_legs_and_it_keeps_reaching_db1(applied):
+    last = beats("node1", "web1")[-1][0]
+    code, docs = salt_run_docs("xencluster.migrate", "web1", timeout=900)
+    *progress, result = docs
+    assert code == 0 and result["result"] is True and result["ran"] is True, result
+    assert result["where"] == ["node2"] and result["duration_s"] > 0, result
+    assert progress, "salt-run showed no progress"
+    assert where(HOME) == {"web1": ["node2"], "db1": ["node2"], "app1": ["node1"]}
+    still_the_same_guest("node2", "web1", after=last)
+
+
+def test_evacuate_moves_every_guest_off_node2_and_drains_it(applied):
+    last = {g: beats("node2", g)[-1][0] for g in ("web1", "db1")}
+    code, docs = salt_run_docs("xencluster.evacuate", "node2", timeout=1800)
+    *progress, result = docs
+    assert code == 0 and result["result"] is True and result["drained"] is True, result
+    moved = sorted((m["guest"], m["from"], m["to"]) for m in result["moved"])
+    assert moved == [("db1", "node2", "node1"), ("web1", "node2", "node1")], result
+    assert all(m["duration_s"] > 0 for m in result["moved"]) and result["failed"] == [], result
+    assert len(progress) >= 2, progress
+    assert where(HOME) == {g: ["node1"] for g in HOME}
+    for guest, after in last.items():
+        still_the_same_guest("node1", guest, after)
+    assert "node2" in salt_run("xencluster.drained")
+    code, (refused,) = salt_run_docs("xencluster.migrate", "app1", "dry_run=True")
+    assert code == 1 and refused["result"] is False and refused["ran"] is False, refused
+    assert checks_of(refused)["target_not_drained"] is False, refused
+
+
+def test_undrain_lets_node2_take_db1_back_home(applied):
+    undrained = salt_run("xencluster.undrain", "node2")
+    assert undrained["result"] is True and undrained["changed"] is True, undrained
+    assert "node2" not in salt_run("xencluster.drained")
+    last = beats("node1", "db1")[-1][0]
+    code, docs = salt_run_docs("xencluster.migrate", "db1", "node2", timeout=900)
+    result = docs[-1]
+    assert code == 0 and result["result"] is True and result["where"] == ["node2"], result
+    assert where(HOME) == {g: [n] for g, n in HOME.items()}
+    still_the_same_guest("node2", "db1", after=last)
+    code, (verified,) = salt_run_docs("xencluster.verify", timeout=120)
+    assert code == 0 and verified["ok"] is True, verified
+
+
+# --- a node lost: recover (the last step: node2 stays down) ----------------------------------
+
+
+def test_recover_starts_the_lost_nodes_guest_degraded_on_its_partner(applied):
+    run(["rm", "-f", "/var/log/xen/console/guest-db1.log", "/var/log/xen/console/guest-db1--incoming.log"],
+        node="node1")  # db1 visited node1 by migration: its new boot there must have a log of its own
+    lab("stop", "node2", "--hard", timeout=300)
+    code, (refused,) = salt_run_docs("xencluster.recover", "node2")
+    assert code == 1 and refused["result"] is False and "confirm_dead" in refused["message"], refused
+
+    code, (plan,) = salt_run_docs("xencluster.recover", "node2", "confirm_dead=node2", "dry_run=True", timeout=300)
+    assert code == 0 and plan["started"] == ["db1"] and plan["drained"] is False, plan
+    (db1,) = plan["guests"]
+    assert (db1["outcome"], db1["survivor"], db1["without_legs"]) == ("would_start", "node1", ["db1.root.node2"]), db1
+    assert where(HOME, tgt="node1") == {"web1": ["node1"], "db1": None, "app1": ["node1"]}
+
+    code, docs = salt_run_docs("xencluster.recover", "node2", "confirm_dead=node2", timeout=900)
+    *progress, result = docs
+    assert code == 0 and result["started"] == ["db1"] and result["drained"] is True, result
+    assert progress, "salt-run showed no progress"
+    assert where(HOME, tgt="node1") == {g: ["node1"] for g in HOME}
+    assert "node2" in salt_run("xencluster.drained")
+
+    def degraded_and_reaching_web1():
+        seen = beats("node1", "db1")[-3:]
+        ok = len(seen) == 3 and all("[2/1]" in md and net == "ok" for _, md, net in seen)
+        return ok, seen
+
+    wait_until("db1 beating on node1 on one leg and reaching web1", degraded_and_reaching_web1, timeout=300)
