@@ -177,11 +177,18 @@ def test_parse_node_objects_and_leftovers():
 # --- pillar --------------------------------------------------------------------------------
 
 
-def test_guests_alternate_nodes_with_unique_macs():
-    guests = hc.bench_guests(20)
-    assert list(guests) == [f"b{i:02d}" for i in range(1, 21)]
+def test_only_the_pinned_guests_have_a_home_and_homes_alternate():
+    assert [g.get("node") for g in hc.bench_guests(20).values()] == ["node1"] + [None] * 19  # default: 1 pinned
+    guests = hc.bench_guests(20, pinned=20)
     assert [g["node"] for g in guests.values()][:4] == ["node1", "node2", "node1", "node2"]
     assert sum(g["node"] == "node1" for g in guests.values()) == 10
+    assert [g.get("node") for g in hc.bench_guests(3, pinned=2).values()] == ["node1", "node2", None]
+    assert all("node" not in g for g in hc.bench_guests(3, pinned=0).values())
+
+
+def test_guests_have_unique_macs():
+    guests = hc.bench_guests(20)
+    assert list(guests) == [f"b{i:02d}" for i in range(1, 21)]
     macs = [g["interfaces"][0]["mac"] for g in guests.values()]
     assert len(set(macs)) == 20 and macs[0] == "00:16:3e:bb:00:01" and macs[19] == "00:16:3e:bb:00:20"
     b01 = guests["b01"]
@@ -283,7 +290,7 @@ def scenarios(large_by_binary=None, wall=(10.0, 30.0)):
 def test_scenario_holds_legs_medians_and_samples():
     s = scenarios()["n20"]
     assert s["legs_on_node1"] == {"owned": 20, "imported": 20, "total": 40}
-    assert s["guests_home_on_node1"] == 10
+    assert (s["guests_pinned"], s["guests_home_on_node1"]) == (1, 1)  # the default: b01 runs, on node1
     assert s["wall_s"] == {"samples": [30.0, 36.0, 24.0], "median": 30.0}
     assert s["states_duration_sum_s"] == {"samples": [20.0, 21.0, 19.0], "median": 20.0}
 
@@ -311,7 +318,7 @@ def test_one_count_is_not_compared():
 
 def test_assemble_and_summary():
     when = dt.datetime(2026, 11, 25, 1, 2, 3, tzinfo=dt.timezone.utc)
-    args = argparse.Namespace(repeat=3)
+    args = argparse.Namespace(repeat=3, pinned=1)
     sc = scenarios(large_by_binary={"xl": 2, "lvs": 21, "iscsiadm": 1})
     result = hc.assemble(command="python benchmarks/highstate_commands.py", when=when, git={"commit": "abc"},
                          host={"cpus": 2}, lab={"image_key": "k"}, args=args, counts=[1, 20], scenarios=sc,
