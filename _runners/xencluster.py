@@ -2462,3 +2462,1038 @@ def recover(node, confirm_dead=None, dry_run=False, allow_drained=False, timeout
     if not dry_run:
         _progress(result["message"])
     return result
+
+
+# --- backup / restore_backup: file-level backups of guest disks ----------------------------------
+#
+# The dom0 side is xencluster_backup (one leg, on the dom0 that owns it). These verbs pick that
+# dom0, make sure its backup volume is mounted, call it disk by disk and apply the retention; for
+# a restore they check that the guest runs nowhere and take its pair out of service around
+# restore_leg/invalidate_leg. The restore verb is restore_backup, not restore: "restore" is kept
+# for bringing a node back after maintenance (re-adding its legs to every guest's md RAID1).
+
+BACKUP_EVENT_BASE = "xencluster/backup"
+RESTORE_EVENT_BASE = "xencluster/restore_backup"
+LVM_FUN = "xencluster_lvm.report"
+MOUNTS_FUN = "mount.active"
+BLKID_FUN = "disk.blkid"
+MOUNT_FUN = "mount.mount"
+MKDIR_FUN = "file.mkdir"
+BACKUP_FUN = "xencluster_backup.backup_leg"
+PRUNE_FUN = "xencluster_backup.prune"
+RESTORE_FUN = "xencluster_backup.restore_leg"
+INVALIDATE_FUN = "xencluster_backup.invalidate_leg"
+UNEXPORT_FUN = "xencluster_lio.unexport"
+LOGOUT_FUN = "xencluster_iscsi.logout"
+VOLUME_FUNS = (LVM_FUN, MOUNTS_FUN, BLKID_FUN, _FUN)  # ONE publish to a backup node
+BACKUP_ROOT = "/srv/xencluster-backup"  # <root>/<target>: the mount point of target's volume
+BACKUP_LV_PREFIX = "xcbackup-"  # target T's volume: LV <its vg>/xcbackup-T on its node
+BACKUP_MOUNT_OPTIONS = ("nodev", "nosuid", "noexec")  # it holds the guests' files, owners and modes
+VOLUME_FILESYSTEMS = ("ext4", "xfs")  # hard links (rsync --link-dest), ACLs, xattrs
+# xencluster_backup.SUPPORTED (Salt syncs single files: a unit test keeps the two equal)
+BACKUP_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs")
+BACKUP_JOURNALS = ("replay", "skip")
+DEFAULT_BACKUP_TIMEOUT = 14400  # seconds for one disk: snapshot, rsync, cleanup
+MAX_BACKUP_TIMEOUT = 86400
+_SNAPSHOT_SIZE = re.compile(r"(?:[1-9][0-9]?|100)%|[0-9]{1,20}(?:[kKmMgGtTpPeE](?:iB)?)?")
+_BACKUP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # xencluster_backup's stamps
+LATEST = "latest"
+BACKED_UP, WOULD_BACK_UP = "backed_up", "would_back_up"
+RESTORED, WOULD_RESTORE = "restored", "would_restore"
+
+
+def _check_flags(flags):
+    """Each of ``flags`` ({name: value}) must be a bool."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise SaltInvocationError(f"{name} must be True or False: {value!r}")
+
+
+def _check_backup_args(guest, every, dry_run, timeouts, journal, snapshot_size):
+    """The arguments of ``backup``; ``timeouts``: ``(timeout, check_timeout)``. Raises SaltInvocationError."""
+    _check_flags({"all": every, "dry_run": dry_run})
+    if every and guest is not None:
+        raise SaltInvocationError(f"name one guest or give all=True, not both (guest {guest!r} and all=True)")
+    if not every and guest is None:
+        raise SaltInvocationError("name a guest (salt-run xencluster.backup web1) or back up every guest with all=True")
+    if guest is not None:
+        _check_name(guest, "guest")
+    _check_seconds(timeouts[0], "timeout", MAX_BACKUP_TIMEOUT)
+    _check_seconds(timeouts[1], "check_timeout", 600)
+    if journal not in BACKUP_JOURNALS:
+        raise SaltInvocationError(f"journal must be one of {', '.join(BACKUP_JOURNALS)}: {journal!r}")
+    if not isinstance(snapshot_size, str) or not _SNAPSHOT_SIZE.fullmatch(snapshot_size):
+        raise SaltInvocationError(f"snapshot_size must be 1% to 100% of the leg or a size (2G): {snapshot_size!r}")
+
+
+def _call(client, minion, fun, args, kwarg, timeout):
+    """``(kind, value)`` of ``fun`` on one minion (``_answer``'s kinds; a return of any type); never raises."""
+    try:
+        answers = client.cmd([minion], fun, list(args), timeout=timeout, tgt_type="list", full_return=True,
+                             kwarg=dict(kwarg)) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        return "error", f"{type(exc).__name__}: {exc}"
+    data = answers.get(minion)
+    kind, ret = _answer(data, fun)
+    if kind == "error" and isinstance(data, dict) and not data.get("retcode", 0):
+        return "ok", ret  # mount.mount answers True, file.mkdir True: not a dict, not an error
+    return kind, ret
+
+
+def _volume(model, target):
+    """Where backup target ``target`` keeps its backups (pure): node, VG, LV, device paths, mount point."""
+    spec = model["backup"]["targets"][target]
+    vg, lv = spec["vg"], f"{BACKUP_LV_PREFIX}{target}"
+    return {
+        "target": target, "node": spec["node"], "vg": vg, "lv": lv, "device": f"/dev/{vg}/{lv}",
+        "mapper": f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}",
+        "mountpoint": f"{BACKUP_ROOT}/{target}",
+    }  # fmt: skip
+
+
+def _backup_node(guest, spec, volume):
+    """``(node, problem)``: the node of the guest's pair that holds the target's volume, or why none does."""
+    pair = list(spec["nodes"] or [])
+    if volume["node"] in pair:
+        return volume["node"], None
+    return None, (f"backup target {volume['target']} is on {volume['node']}, which holds no leg of {guest} "
+                  f"(pair {' and '.join(pair)}): a leg is backed up on its own node into a directory there "
+                  "(xencluster_backup writes locally), so the target must be on a node of the pair: point "
+                  f"xencluster.guests.{guest}.backup at a target on {' or '.join(pair)}")  # fmt: skip
+
+
+def _disk_problem(guest, disk):
+    """Why a disk the model backs up cannot be (its filesystem), or None."""
+    fs, where = disk["filesystem"], f"xencluster.guests.{guest}.disks.{disk['name']}"
+    if fs in BACKUP_FILESYSTEMS:
+        return None
+    if fs == "none":
+        return (f"disk {disk['name']}: the model says it holds no filesystem ({where}.filesystem: none): give "
+                f"its filesystem (ext2, ext3, ext4 or xfs) or set {where}.backup: false")  # fmt: skip
+    return f"disk {disk['name']}: {fs} is not supported (only ext2, ext3, ext4 and xfs): set {where}.backup: false"
+
+
+def _dest(volume, guest, disk):
+    """The backup directory of one guest disk on the target's volume."""
+    return f"{volume['mountpoint']}/{guest}/{disk}"
+
+
+def _plan_disk(guest, disk, node, volume):
+    """One disk of the plan: the leg on ``node`` and its partner's stable path."""
+    leg = next(leg for leg in disk["legs"] if leg["node"] == node)
+    other = next(leg for leg in disk["legs"] if leg["node"] != node)
+    return {"disk": disk["name"], "filesystem": disk["filesystem"], "vg": leg["vg"], "lv": leg["lv"],
+            "partner": other["path"], "dest": _dest(volume, guest, disk["name"])}  # fmt: skip
+
+
+def backup_plan(model, guest):
+    """
+    What backing up ``guest`` takes, from the validated model alone (pure).
+
+    Returns ``{"guest", "target", "node" (the dom0 that backs it up, None
+    when none can), "opted_out" (no target, or no disk to back up),
+    "disks": [{"disk", "filesystem", "vg", "lv" (the leg on that node),
+    "partner" (the other leg's /dev/xencluster path), "dest"}],
+    "skipped_disks": [{"disk", "why"}], "problems": [reason, ...]}``. The
+    node is the one of the guest's pair that holds the target's backup
+    volume (a target lives on one node, so at most one leg qualifies).
+    """
+    spec = model["guests"][guest]
+    plan = {"guest": guest, "target": spec["backup"], "node": None, "opted_out": False, "disks": [],
+            "skipped_disks": [], "problems": []}  # fmt: skip
+    if spec["backup"] is None:
+        plan["opted_out"] = True
+        plan["problems"].append(f"{guest} has no backup target: the model sets xencluster.guests.{guest}.backup: "
+                                "false, or neither it nor xencluster.backup.default names one")  # fmt: skip
+        return plan
+    volume = _volume(model, spec["backup"])
+    node, problem = _backup_node(guest, spec, volume)
+    plan["node"] = node
+    plan["problems"] += [problem] if problem else []
+    for disk in spec["disks"]:
+        if not disk["backup"]:
+            why = "swap is never backed up" if disk["filesystem"] == "swap" else "backup: false in the model"
+            plan["skipped_disks"].append({"disk": disk["name"], "why": why})
+        elif _disk_problem(guest, disk):
+            plan["problems"].append(_disk_problem(guest, disk))
+        elif node is not None:
+            plan["disks"].append(_plan_disk(guest, disk, node, volume))
+    if not plan["problems"] and not plan["disks"]:
+        plan["opted_out"] = True
+        plan["problems"].append(f"no disk of {guest} is backed up (" + ", ".join(
+            f"{d['disk']}: {d['why']}" for d in plan["skipped_disks"]) + ")")  # fmt: skip
+    return plan
+
+
+# --- the backup volume on its node ----------------------------------------------------------------
+
+
+def _volume_round(client, model, volume, timeout):
+    """ONE multi-function publish to the volume's node (if it has a key): ``{fun: (kind, value)}``."""
+    minion = model["nodes"][volume["node"]]["minion"]
+    if minion not in _accepted([minion]):
+        # A publish that matches no minion prints a notice on stdout (breaking --out=json): a node
+        # without an accepted key is not asked; it cannot answer anyway.
+        return {fun: ("no_answer", None) for fun in VOLUME_FUNS}
+    args = [[], [], [volume["device"]], []]  # disk.blkid of the volume's LV
+    try:
+        answers = client.cmd([minion], list(VOLUME_FUNS), args, timeout=timeout, tgt_type="list",
+                             full_return=True) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.backup: the publish to %s failed: %s", minion, exc)
+        answers = {}
+    return _multi_parts(answers.get(minion), VOLUME_FUNS)
+
+
+def _mounted_problem(volume, at):
+    """Why what is mounted at the volume's mount point will not do, or None."""
+    where = f"{volume['mountpoint']} on {volume['node']}"
+    if at.get("device") not in (volume["device"], volume["mapper"]):
+        return f"{where} has {at.get('device')} mounted, not the backup volume {volume['device']}"
+    missing = [opt for opt in BACKUP_MOUNT_OPTIONS if opt not in (at.get("opts") or [])]
+    if missing:
+        return (f"the backup volume is mounted at {where} without {','.join(missing)}: it holds the guests' files "
+                f"with their owners and modes; remount it (mount -o remount,{','.join(BACKUP_MOUNT_OPTIONS)} "
+                f"{volume['mountpoint']})")  # fmt: skip
+    if at.get("fstype") not in VOLUME_FILESYSTEMS:
+        return (f"the backup volume at {where} is {at.get('fstype')}: backups need ext4 or xfs (hard links, ACLs, "
+                "xattrs)")  # fmt: skip
+    return None
+
+
+def _unmounted_problem(volume, mounts, blkid):
+    """``(fstype, problem)`` of a volume not mounted at its mount point yet."""
+    for path, at in sorted(mounts.items()):
+        if at.get("device") in (volume["device"], volume["mapper"]):
+            return None, (f"the backup volume {volume['device']} is mounted at {path} on {volume['node']}, not at "
+                          f"{volume['mountpoint']}: unmount it there")  # fmt: skip
+    fstype = next(iter(blkid.values()), {}).get("TYPE") if len(blkid) == 1 else None
+    what = f"the backup volume {volume['device']} on {volume['node']}"
+    if fstype is None:
+        return None, f"{what} holds no filesystem: make one (mkfs.ext4 {volume['device']})"
+    if fstype not in VOLUME_FILESYSTEMS:
+        return None, f"{what} holds {fstype}: backups need ext4 or xfs (hard links, ACLs, xattrs)"
+    return fstype, None
+
+
+def _lv_problem(volume, lvm, minion):
+    """Why the volume's LV (from ``xencluster_lvm.report``) cannot be used, or None."""
+    lv = (lvm.get("lvs") or {}).get(f"{volume['vg']}/{volume['lv']}")
+    if lv is None:
+        return (f"the backup volume {volume['vg']}/{volume['lv']} of target {volume['target']} is missing on "
+                f"{volume['node']}: create it there once (salt {minion} xencluster_lvm.lv_create {volume['vg']} "
+                f"{volume['lv']} <size>, then mkfs.ext4 {volume['device']}); backup never creates it")  # fmt: skip
+    if lv.get("active") is False:
+        return f"the backup volume {volume['vg']}/{volume['lv']} is not active on {volume['node']}"
+    return None
+
+
+def volume_state(volume, parts, minion):
+    """
+    The backup volume on its node, from one ``_volume_round`` (pure).
+
+    Returns ``volume`` plus ``"state"``: ``"mounted"`` (at its mount
+    point, the right LV, nodev,nosuid,noexec, ext4 or xfs), ``"to_mount"``
+    (the LV exists, holds ext4 or xfs and is mounted nowhere) or None;
+    ``"fstype"``, ``"problem"`` (why it cannot be used, or None) and
+    ``"domains"`` (the node's ``list_domains``, None when unknown).
+    """
+    out = dict(volume, state=None, fstype=None, problem=None, domains=None)
+    kind, domains = parts[_FUN]
+    out["domains"] = domains if kind == "ok" else None
+    for fun in (LVM_FUN, MOUNTS_FUN):
+        kind, value = parts[fun]
+        if kind != "ok":
+            out["problem"] = _why_not(volume["node"], minion, fun, kind, value)
+            return out
+    out["problem"] = _lv_problem(volume, parts[LVM_FUN][1], minion)
+    if out["problem"]:
+        return out
+    at = parts[MOUNTS_FUN][1].get(volume["mountpoint"])
+    if at is not None:
+        out["problem"] = _mounted_problem(volume, at)
+        out.update(state=None if out["problem"] else "mounted", fstype=at.get("fstype"))
+        return out
+    kind, blkid = parts[BLKID_FUN]
+    if kind not in ("ok", "error") or not isinstance(blkid, dict):
+        out["problem"] = _why_not(volume["node"], minion, BLKID_FUN, kind, blkid)
+        return out
+    # blkid exits 2 when it finds no signature: disk.blkid then returns {} with that retcode
+    fstype, out["problem"] = _unmounted_problem(volume, parts[MOUNTS_FUN][1], blkid)
+    out.update(state=None if out["problem"] else "to_mount", fstype=fstype)
+    return out
+
+
+def _mount_volume(client, model, vol, timeout):
+    """Mount a volume in state ``to_mount`` (``mount.mount``, nodev,nosuid,noexec); the problem or None."""
+    minion = model["nodes"][vol["node"]]["minion"]
+    kwarg = {"mkmnt": True, "fstype": vol["fstype"], "opts": ",".join(BACKUP_MOUNT_OPTIONS)}
+    kind, ret = _call(client, minion, MOUNT_FUN, [vol["mountpoint"], vol["device"]], kwarg, timeout)
+    if kind == "ok" and ret is True:
+        vol.update(state="mounted", mounted_now=True)
+        _progress(f"mounted the backup volume {vol['device']} at {vol['mountpoint']} on {vol['node']}")
+        return None
+    why = _short(ret) if kind == "ok" else _why_not(vol["node"], minion, MOUNT_FUN, kind, ret)
+    return f"mounting {vol['device']} at {vol['mountpoint']} on {vol['node']} failed: {why}"
+
+
+# --- backup: one guest --------------------------------------------------------------------------
+
+
+def _guest_entry(plan):
+    """A guest's entry in ``backup``'s return, before anything is judged."""
+    return {"guest": plan["guest"], "outcome": None, "target": plan["target"], "node": plan["node"],
+            "runs_on_backup_node": None, "volume": None, "disks": [], "skipped_disks": plan["skipped_disks"],
+            "warnings": [], "message": ""}  # fmt: skip
+
+
+def _runs_here(guest, domains):
+    """Whether ``guest`` (or an xl migrate copy of it) is a domain in ``domains``; None when unknown."""
+    if domains is None:
+        return None
+    return any(_base_name(name) == guest for name in domains)
+
+
+def _leg_kwargs(disk, settings, dry_run):
+    """The keyword arguments of ``backup_leg`` for one disk."""
+    return {"fstype": disk["filesystem"], "partner": disk["partner"], "journal": settings["journal"],
+            "snapshot_size": settings["snapshot_size"], "dry_run": dry_run}  # fmt: skip
+
+
+def _cleared_by_run(refused, dest, vol, dry_run):
+    """Split a dry run's refusals: ``(remaining, cleared)``; the run creates ``dest`` on a volume it mounts first."""
+    if not dry_run:  # the run has mounted the volume and made dest by now: every refusal stands
+        return refused, []
+    cleared = (f"backup directory {dest} does not exist",)
+    if vol["state"] == "to_mount":
+        cleared += (f"backup directory {dest} is on the root filesystem",)
+    return [r for r in refused if not r.startswith(cleared)], [r for r in refused if r.startswith(cleared)]
+
+
+def _disk_plan(client, minion, node, disk, vol, settings):
+    """One disk's node plan (backup_leg with dry_run=True): its entry and the reasons it would not run."""
+    kind, ret = _call(client, minion, BACKUP_FUN, [disk["vg"], disk["lv"], disk["dest"]],
+                      _leg_kwargs(disk, settings, True), settings["check_timeout"])  # fmt: skip
+    entry = {"disk": disk["disk"], "leg": disk["lv"], "node": node, "dest": disk["dest"]}
+    if kind != "ok":
+        return entry, [f"disk {disk['disk']}: {_why_not(node, minion, BACKUP_FUN, kind, ret)}"]
+    refused, cleared = _cleared_by_run(list(ret.get("refused") or []), disk["dest"], vol, settings["dry_run"])
+    entry.update(snapshot=ret.get("snapshot"), link_dest=ret.get("link_dest"), refused=refused,
+                 cleared_by_run=cleared)  # fmt: skip
+    return entry, [f"disk {disk['disk']}: {r}" for r in refused]
+
+
+def _make_dests(client, minion, plan, timeout):
+    """``file.mkdir`` of each disk's backup directory (mode 0700): the problems."""
+    problems = []
+    for disk in plan["disks"]:
+        kind, ret = _call(client, minion, MKDIR_FUN, [disk["dest"]], {"mode": "0700"}, timeout)
+        if kind != "ok" or ret is not True:
+            why = _short(ret) if kind == "ok" else _why_not(plan["node"], minion, MKDIR_FUN, kind, ret)
+            problems.append(f"disk {disk['disk']}: cannot create {disk['dest']}: {why}")
+    return problems
+
+
+def _rsync_figures(rsync):
+    """What moved, from backup_leg's rsync counters."""
+    rsync = rsync or {}
+    return {"files": rsync.get("files"), "files_transferred": rsync.get("transferred"),
+            "bytes_transferred": rsync.get("transferred_size"), "bytes_sent": rsync.get("literal_data")}  # fmt: skip
+
+
+def _leg_result(entry, kind, ret, why):
+    """Fill a disk's entry from backup_leg's answer (a dict, also when it failed: retcode 1)."""
+    if isinstance(ret, dict) and "result" in ret and kind in ("ok", "error"):
+        backup = ret.get("backup")
+        entry.update(result=ret["result"] is True, backup=backup, path=f"{entry['dest']}/{backup}" if backup else None,
+                     snapshot=ret.get("snapshot"), overflow=bool((ret.get("snapshot") or {}).get("full")),
+                     cleanup=ret.get("cleanup") or [], warnings=list(ret.get("warnings") or []),
+                     error=ret.get("error"), **_rsync_figures(ret.get("rsync")))  # fmt: skip
+    else:
+        entry.update(result=False, backup=None, path=None, snapshot=None, overflow=False, cleanup=[], warnings=[],
+                     error=why, **_rsync_figures(None))  # fmt: skip
+
+
+def _prune(client, minion, node, entry, retention, timeout):
+    """``prune`` of one backup directory with the model's retention (the model requires one with a backup section)."""
+    counts = {key: value for key, value in retention.items() if value}
+    kind, ret = _call(client, minion, PRUNE_FUN, [entry["dest"]], counts, timeout)
+    if kind == "ok":
+        entry["prune"] = {"retention": counts, "kept": sorted(ret.get("kept") or {}),
+                          "deleted": list(ret.get("deleted") or []), "stale": list(ret.get("stale") or [])}
+        return
+    entry.update(prune=None, result=False,
+                 error=f"backed up, but pruning failed: {_why_not(node, minion, PRUNE_FUN, kind, ret)}")  # fmt: skip
+
+
+def _disk_line(guest, entry):
+    """The progress line of one disk's backup."""
+    if entry["result"]:
+        return (f"{guest}/{entry['disk']}: {entry['backup']} on {entry['node']}, {entry['files_transferred']} of "
+                f"{entry['files']} files ({entry['bytes_transferred']} bytes) moved in {entry['duration_s']} s")
+    usage = (entry["snapshot"] or {}).get("usage_percent")
+    full = f" (snapshot OVERFLOW, {usage}% full)" if entry["overflow"] else ""
+    return f"{guest}/{entry['disk']}: FAILED{full}: {entry['error']}"
+
+
+def _back_up_disk(client, minion, plan, disk, settings):
+    """backup_leg on the node, then prune: the disk's entry."""
+    entry = {"disk": disk["disk"], "leg": disk["lv"], "node": plan["node"], "dest": disk["dest"], "prune": None}
+    started = time.monotonic()
+    timeout = settings["timeout"]
+    kind, ret = _call(client, minion, BACKUP_FUN, [disk["vg"], disk["lv"], disk["dest"]],
+                      _leg_kwargs(disk, settings, False), timeout)  # fmt: skip
+    why = (f"{plan['node']} did not answer {BACKUP_FUN} within {timeout} s: whether it finished is not known "
+           "(a snapshot left behind shows in salt-run xencluster.verify as ELEGSNAPSHOT)") if kind == "no_answer" \
+        else _why_not(plan["node"], minion, BACKUP_FUN, kind, ret)  # fmt: skip
+    _leg_result(entry, kind, ret, why)
+    if entry["result"]:
+        _prune(client, minion, plan["node"], entry, settings["retention"], settings["check_timeout"] + 60)
+    entry["duration_s"] = round(time.monotonic() - started, 1)
+    _progress(_disk_line(plan["guest"], entry))
+    return entry
+
+
+def _refuse_guest(entry, problems, dry_run):
+    """Mark a guest refused, with every reason."""
+    verb = "would not back up" if dry_run else "not backing up"
+    entry.update(outcome=REFUSED, message=f"{verb} {entry['guest']}: {'; '.join(problems)}")
+    return entry
+
+
+def _prepare(client, model, plan, vol, settings):
+    """Before any snapshot: the volume mounted, the directories made (not in a dry run); the problems."""
+    if vol["problem"]:
+        return [vol["problem"]]
+    if settings["dry_run"]:
+        return []
+    if vol["state"] == "to_mount":
+        problem = _mount_volume(client, model, vol, settings["check_timeout"])
+        if problem:
+            vol["problem"] = problem  # the other guests of this node are refused too, without a new try
+            return [problem]
+    return _make_dests(client, model["nodes"][plan["node"]]["minion"], plan, settings["check_timeout"])
+
+
+def _backup_guest(client, model, plan, vol, settings):
+    """Refusals, then each disk's node plan, then (not in a dry run) each disk's backup: the guest's entry."""
+    entry = _guest_entry(plan)
+    if plan["problems"]:
+        return _refuse_guest(entry, plan["problems"], settings["dry_run"])
+    entry["runs_on_backup_node"] = _runs_here(plan["guest"], vol["domains"])
+    if entry["runs_on_backup_node"]:
+        entry["warnings"].append(f"{plan['guest']} runs on {plan['node']}, the node that backs it up: the backup "
+                                 "I/O lands on its host (the other node of its pair has no backup volume)")
+    problems = _prepare(client, model, plan, vol, settings)
+    entry["volume"] = {"device": vol["device"], "mountpoint": vol["mountpoint"], "state": vol["state"],
+                       "mounted_now": vol.get("mounted_now", False)}  # fmt: skip
+    if problems:
+        return _refuse_guest(entry, problems, settings["dry_run"])
+    minion = model["nodes"][plan["node"]]["minion"]
+    planned = [_disk_plan(client, minion, plan["node"], disk, vol, settings) for disk in plan["disks"]]
+    refusals = [reason for _entry, reasons in planned for reason in reasons]
+    if refusals:
+        entry["disks"] = [disk for disk, _reasons in planned]
+        return _refuse_guest(entry, refusals, settings["dry_run"])
+    if settings["dry_run"]:
+        mount = f" after mounting {vol['device']} at {vol['mountpoint']}" if vol["state"] == "to_mount" else ""
+        entry.update(outcome=WOULD_BACK_UP, disks=[disk for disk, _reasons in planned],
+                     message=f"would back up {len(planned)} disk(s) of {plan['guest']} on {plan['node']}{mount}")
+        return entry
+    return _run_guest(client, minion, plan, entry, settings)
+
+
+def _run_guest(client, minion, plan, entry, settings):
+    """The backup proper of a guest whose every disk passed its node plan; events and progress."""
+    guest = plan["guest"]
+    _fire_tag(f"{BACKUP_EVENT_BASE}/{guest}/started", {"guest": guest, "node": plan["node"], "target": plan["target"],
+                                                       "disks": [d["disk"] for d in plan["disks"]]})  # fmt: skip
+    _progress(f"{guest}: backing up {len(plan['disks'])} disk(s) on {plan['node']} (target {plan['target']})")
+    entry["disks"] = [_back_up_disk(client, minion, plan, disk, settings) for disk in plan["disks"]]
+    failed = [d["disk"] for d in entry["disks"] if not d["result"]]
+    entry["outcome"] = FAILED if failed else BACKED_UP
+    entry["message"] = (f"{guest}: {len(failed)} of {len(entry['disks'])} disk(s) failed ({', '.join(failed)})"
+                        if failed else f"{guest}: {len(entry['disks'])} disk(s) backed up on {plan['node']}")
+    _fire_tag(f"{BACKUP_EVENT_BASE}/{guest}/{'failed' if failed else 'finished'}", entry)
+    return entry
+
+
+# --- backup: the verb --------------------------------------------------------------------------
+
+
+def _backup_guests(model, guest):
+    """The guests to back up, in name order: the one named, or every guest of the model."""
+    return [guest] if guest is not None else sorted(model["guests"])
+
+
+def _volumes(client, model, plans, check_timeout):
+    """``{node: volume_state}`` of every backup node of ``plans``: ONE round per node."""
+    out = {}
+    for plan in plans:
+        node = plan["node"]
+        if node is None or plan["problems"] or node in out:
+            continue
+        volume = _volume(model, plan["target"])
+        out[node] = volume_state(volume, _volume_round(client, model, volume, check_timeout),
+                                 model["nodes"][node]["minion"])  # fmt: skip
+    return out
+
+
+def _backup_summary(entries, dry_run):
+    """One line: what happened to each guest."""
+    by = {}
+    for entry in entries:
+        by.setdefault(entry["outcome"], []).append(entry["guest"])
+    if not entries or set(by) == {SKIPPED}:
+        return "no guest of the model has anything to back up" + (f" (skipped: {', '.join(by[SKIPPED])})"
+                                                                  if by else "")  # fmt: skip
+    parts = [f"{len(by[o])} {o.replace('_', ' ')} ({', '.join(by[o])})"
+             for o in (BACKED_UP, WOULD_BACK_UP, FAILED, REFUSED, SKIPPED) if o in by]  # fmt: skip
+    return f"{'dry run: ' if dry_run else ''}backup: {', '.join(parts)}"
+
+
+def _backup_result(entries, dry_run, started, message=None):
+    """``backup``'s return; ``message`` given: refused before any guest was looked at."""
+    ok = message is None and all(e["outcome"] in (BACKED_UP, WOULD_BACK_UP, SKIPPED) for e in entries)
+    if not ok:
+        __context__["retcode"] = 1
+    outcome = {o: [e["guest"] for e in entries if e["outcome"] == o]
+               for o in (BACKED_UP, FAILED, REFUSED, SKIPPED)}  # fmt: skip
+    return {
+        "result": ok, "retcode": 0 if ok else 1, "dry_run": dry_run, "guests": entries,
+        "backed_up": outcome[BACKED_UP] + [e["guest"] for e in entries if e["outcome"] == WOULD_BACK_UP],
+        "failed": outcome[FAILED], "refused": outcome[REFUSED], "skipped": outcome[SKIPPED],
+        "duration_s": round(time.monotonic() - started, 1), "message": message or _backup_summary(entries, dry_run),
+    }  # fmt: skip
+
+
+def _judge_all(client, model, guests, every, settings):
+    """Each guest's entry, one guest at a time (a guest that opted out is skipped under ``all=True``)."""
+    plans = [backup_plan(model, guest) for guest in guests]
+    volumes = _volumes(client, model, plans, settings["check_timeout"])
+    entries = []
+    for plan in plans:
+        if plan["opted_out"] and every:
+            entry = _guest_entry(plan)
+            entries.append(dict(entry, outcome=SKIPPED, message=f"{plan['guest']}: {plan['problems'][0]}"))
+            continue
+        entry = _backup_guest(client, model, plan, volumes.get(plan["node"]), settings)
+        if entry["outcome"] == REFUSED and not settings["dry_run"]:
+            # a scheduled backup that cannot run must be heard, like one that fails
+            _fire_tag(f"{BACKUP_EVENT_BASE}/{plan['guest']}/failed", entry)
+            _progress(entry["message"])
+        entries.append(entry)
+    return entries
+
+
+def backup(guest=None, all=False, dry_run=False, timeout=DEFAULT_BACKUP_TIMEOUT,  # pylint: disable=redefined-builtin
+           check_timeout=DEFAULT_VERIFY_TIMEOUT, journal="replay", snapshot_size="10%", tgt=None,
+           tgt_type="glob"):  # fmt: skip
+    """
+    File-level backup of ``guest`` (or, with ``all=True``, of every guest of the model) into its backup target.
+
+    ``all`` is a flag rather than a guest name such as ``'*'`` or ``all``:
+    a guest may be called ``all``, and ``'*'`` would suggest patterns that
+    are not supported.
+
+    1. The model, as ``verify`` reads it (``tgt``/``tgt_type`` pick the
+       minion whose pillar holds it). Per guest, from the model alone: its
+       backup target (``guests.<g>.backup`` or ``backup.default``) and the
+       node that backs it up: the node of the guest's pair that holds the
+       target (``backup.targets.<t>.node``). A target lives on one node, so
+       that is the one leg to read; a target on a third node is refused
+       (``xencluster_backup`` snapshots a leg on its owner and writes to a
+       local directory: the other node has neither). Disks with ``backup:
+       false`` and swap are skipped; a disk the model backs up whose
+       filesystem is not ext2, ext3, ext4 or xfs refuses the whole guest,
+       with the reason. Under ``all=True`` a guest without a target or
+       without a disk to back up is ``skipped``; named, it is refused.
+    2. ONE publish per backup node (``xencluster_lvm.report``,
+       ``mount.active``, ``disk.blkid`` of the volume, ``list_domains``,
+       waiting ``check_timeout`` s). The backup volume of target ``T`` is the
+       LV ``<vg>/xcbackup-T`` of the target's VG, mounted at
+       ``/srv/xencluster-backup/T`` with ``nodev,nosuid,noexec``; it must
+       exist and hold ext4 or xfs (it is never created here: the refusal
+       says how). Something else mounted there, the volume mounted
+       elsewhere or without those options: refused. A node that does not
+       answer refuses its guests. Nothing has changed so far.
+    3. Not in a dry run: ``mount.mount`` of the volume if it is not mounted
+       (it stays mounted: restores and the next run use it; nothing is
+       written to fstab) and ``file.mkdir`` of ``<mount>/<guest>/<disk>``
+       (0700).
+    4. Per disk, ``xencluster_backup.backup_leg`` with ``dry_run=True``
+       (``fstype`` from the model, ``partner`` the other leg's
+       ``/dev/xencluster`` path): any refusal refuses the guest before its
+       first snapshot.
+    5. Not in a dry run, one guest at a time, one disk after the other:
+       ``backup_leg`` (up to ``timeout`` s per disk; ``journal`` and
+       ``snapshot_size`` passed on), then ``xencluster_backup.prune`` with
+       the model's ``backup.retention`` (``daily``/``weekly``/``monthly``).
+       A snapshot that overflowed fails its disk, reported with its usage.
+
+    Events (not in a dry run): ``xencluster/backup/<guest>/started``, then
+    ``.../finished`` or ``.../failed`` with the guest's entry; a guest
+    refused in a real run fires ``.../failed`` too (a scheduled backup that
+    cannot run must be heard). ``salt-run`` prints progress lines.
+
+    Returns ``{"result", "retcode" (0 only when every guest asked for, not
+    skipped, was backed up, or would be), "dry_run", "guests": [{"guest",
+    "outcome" (backed_up, would_back_up, failed, refused, skipped),
+    "target", "node", "runs_on_backup_node", "disks": [{"disk", "leg",
+    "node", "dest", "result", "backup", "path", "files",
+    "files_transferred", "bytes_transferred", "bytes_sent", "snapshot"
+    {"name", "size", "usage_percent", "full"}, "overflow", "cleanup",
+    "warnings", "error", "prune" {"retention", "kept", "deleted",
+    "stale"}, "duration_s"}], "skipped_disks", "warnings", "message"}],
+    "backed_up", "failed", "refused", "skipped", "duration_s",
+    "message"}``; a dry run's disks carry the node's plan (``snapshot``,
+    ``link_dest``, ``refused``, ``cleared_by_run``: what the run itself
+    settles by mounting the volume and creating the directory). A bad
+    argument, an unreadable model or an unknown guest is such a return,
+    not an exception.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.backup web1 dry_run=True
+        salt-run xencluster.backup web1
+        salt-run xencluster.backup all=True snapshot_size=20% --out=json
+    """
+    started = time.monotonic()
+    every = all
+    try:
+        _check_backup_args(guest, every, dry_run, (timeout, check_timeout), journal, snapshot_size)
+        model = _migrate_model(guest, tgt, tgt_type) if guest is not None else _load_model(tgt, tgt_type)[1]
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError.
+        log.error("xencluster.backup: not backing up: %s", exc)
+        return _backup_result([], dry_run is True, started, message=f"not backing up: {exc}")
+    settings = {"dry_run": dry_run, "timeout": timeout, "check_timeout": check_timeout, "journal": journal,
+                "snapshot_size": snapshot_size, "retention": dict(model["backup"]["retention"])}  # fmt: skip
+    entries = _judge_all(_local_client(), model, _backup_guests(model, guest), every, settings)
+    result = _backup_result(entries, dry_run, started)
+    if not dry_run:
+        _progress(result["message"])
+    return result
+
+
+# --- restore_backup: a backup into one leg of a pair, the other leg invalidated --------------------
+
+
+def _check_restore_args(guest, disk, backup, into, node, flags, timeouts):
+    """``(backup name, (into guest, into disk))`` after checking every argument; raises SaltInvocationError."""
+    _check_name(guest, "guest")
+    _check_name(disk, "disk")
+    backup = LATEST if backup is None else backup
+    if not isinstance(backup, str) or not (backup == LATEST or _BACKUP_NAME.fullmatch(backup)):
+        raise SaltInvocationError(f"backup must be latest or a backup name like 20261124T081500Z: {backup!r}")
+    if into is None:
+        into = (guest, disk)
+    elif isinstance(into, str) and into.count("/") == 1:
+        into = tuple(into.split("/"))
+        _check_name(into[0], "into guest")
+        _check_name(into[1], "into disk")
+    else:
+        raise SaltInvocationError(f"into must be <guest>/<disk> (web2/root): {into!r}")
+    if node is not None:
+        _check_name(node, "node")
+    _check_flags(flags)
+    _check_seconds(timeouts[0], "timeout", MAX_BACKUP_TIMEOUT)
+    _check_seconds(timeouts[1], "check_timeout", 600)
+    return backup, into
+
+
+def _model_disk(model, guest, disk):
+    """``(disk spec, None)`` or ``(None, why not)``."""
+    spec = model["guests"].get(guest)
+    if spec is None:
+        return None, f"no guest {guest} in the model (guests: {', '.join(sorted(model['guests'])) or 'none'})"
+    found = next((d for d in spec["disks"] if d["name"] == disk), None)
+    if found is None:
+        return None, f"{guest} has no disk {disk} (disks: {', '.join(d['name'] for d in spec['disks'])})"
+    return found, None
+
+
+def restore_plan(model, guest, disk, into, node=None):
+    """
+    Where a restore of ``guest``'s backups of ``disk`` into ``into`` (guest, disk) happens (pure).
+
+    The backups are on the volume of ``guest``'s backup target, on the
+    target's node; ``restore_leg`` reads them there, so that node writes its
+    own leg of ``into``'s pair and the other leg is invalidated. Returns
+    ``{"source": {"guest", "disk", "target", "dest"}, "into": {"guest",
+    "disk"}, "node", "leg" (written), "other" (invalidated), "volume",
+    "problems"}``.
+    """
+    out = {"source": {"guest": guest, "disk": disk, "target": None, "dest": None},
+           "into": {"guest": into[0], "disk": into[1]}, "node": None, "leg": None, "other": None, "volume": None,
+           "problems": []}  # fmt: skip
+    problems = [p for p in (_model_disk(model, guest, disk)[1], _model_disk(model, *into)[1]) if p]
+    target = model["guests"].get(guest, {}).get("backup")
+    if not problems and target is None:
+        problems.append(f"{guest} has no backup target in the model, so where its backups are is not known "
+                        "(xencluster_backup.restore_leg on the node that holds them restores by hand)")  # fmt: skip
+    if problems:
+        out["problems"] = problems
+        return out
+    volume = _volume(model, target)
+    writer, pair = volume["node"], _model_disk(model, *into)[0]["nodes"]
+    out.update(volume=volume, source=dict(out["source"], target=target, dest=_dest(volume, guest, disk)))
+    if node is not None and node != writer:
+        problems.append(f"the backups of {guest}/{disk} are on {writer} (target {target}) and restore_leg reads them "
+                        f"there: only {writer}'s leg can be written, not {node}'s")  # fmt: skip
+    elif writer not in pair:
+        problems.append(f"{into[0]}/{into[1]} has no leg on {writer}, where the backups of {guest}/{disk} are "
+                        f"(its pair: {' and '.join(pair)}): restore_leg writes a leg on the node that holds them")
+    else:
+        legs = _model_disk(model, *into)[0]["legs"]
+        out.update(node=writer, leg=next(leg for leg in legs if leg["node"] == writer),
+                   other=next(leg for leg in legs if leg["node"] != writer))  # fmt: skip
+    out["problems"] = problems
+    return out
+
+
+def _live_problems(plan, facts):
+    """The round's verdict (``_recover_round``): every node tells, the guest runs nowhere, both legs are there."""
+    guest = plan["into"]["guest"]
+    silent = [fact["why"]["domains"] for _node, fact in sorted(facts.items()) if fact["domains"] is None]
+    if silent:
+        return [f"every node must tell its domains, so that {guest} is known to run nowhere: {'; '.join(silent)}"]
+    check, _on = _check_runs_nowhere(guest, facts)
+    problems = [] if check["ok"] else [f"{check['message']}: stop it everywhere first"]
+    pair = " and ".join(sorted({plan["leg"]["node"], plan["other"]["node"]}))
+    for leg in (plan["leg"], plan["other"]):
+        links = facts[leg["node"]]["links"]
+        if links is None:
+            problems.append(f"the stable paths on {leg['node']} are not known: {facts[leg['node']]['why']['links']}")
+            continue
+        problem = _leg_problem(leg, leg["node"], links.get(leg["lv"]))
+        if problem:
+            problems.append(f"leg {leg['lv']} on {leg['node']}: {problem}: the legs of a new pair are made by the "
+                            f"leg states (state.apply xencluster.storage on {pair}), and its guest must have made "
+                            "its md RAID1 on them once")  # fmt: skip
+    return problems
+
+
+def _open_only(leg, reason):
+    """True for a node refusal that only says ``leg`` is open: its LIO export, which the run removes first."""
+    return reason.startswith(f"{leg['vg']}/{leg['lv']} is open")
+
+
+def _no_superblock(leg, reason):
+    """True for invalidate_leg's refusal of a leg whose md superblock is gone (an earlier run zeroed it)."""
+    return reason == f"{leg['vg']}/{leg['lv']} carries no md superblock"
+
+
+def _reasons(value, head):
+    """The reasons of a raised refusal (``ERROR: <head> refused: a; b``), else the answer as one line."""
+    text = value if isinstance(value, str) else repr(value)
+    marker = f"{head} refused: "
+    return text.split(marker, 1)[1].split("; ") if marker in text else [_short(text)]
+
+
+def _invalidate_check(client, model, other, array, timeout):
+    """``invalidate_leg`` with ``dry_run=True`` on the other leg: ``(refusals, already invalidated)``."""
+    minion = model["nodes"][other["node"]]["minion"]
+    kind, ret = _call(client, minion, INVALIDATE_FUN, [other["vg"], other["lv"], array], {"dry_run": True}, timeout)
+    if kind == "ok":
+        return [], False
+    if kind != "error" or not isinstance(ret, str):
+        return [_why_not(other["node"], minion, INVALIDATE_FUN, kind, ret)], False
+    reasons = _reasons(ret, f"invalidate {other['vg']}/{other['lv']}")
+    blank = any(_no_superblock(other, r) for r in reasons)  # nothing left to invalidate: a re-run
+    return [r if _open_only(other, r) else f"{other['node']}: {r}" for r in reasons
+            if not _no_superblock(other, r)], blank  # fmt: skip
+
+
+def _node_checks(client, model, plan, backup, timeout):
+    """
+    ``restore_leg`` and ``invalidate_leg`` with ``dry_run=True``: ``{"plan", "problems", "cleared", "blank"}``.
+
+    ``cleared``: refusals that only say a leg is open. Its LIO export keeps
+    a leg open; the run takes both legs out of service before it writes,
+    and the real calls check again. ``blank``: the other leg carries no md
+    superblock any more (an earlier restore zeroed it): nothing to
+    invalidate, md cannot take it for in sync.
+    """
+    leg, other = plan["leg"], plan["other"]
+    minion = model["nodes"][leg["node"]]["minion"]
+    kind, ret = _call(client, minion, RESTORE_FUN, [leg["vg"], leg["lv"], plan["source"]["dest"]],
+                      {"backup": backup, "overwrite": True, "mkfs": True, "dry_run": True}, timeout)  # fmt: skip
+    if kind != "ok":
+        return {"plan": None, "problems": [_why_not(leg["node"], minion, RESTORE_FUN, kind, ret)], "cleared": [],
+                "blank": False}  # fmt: skip
+    refused, blank = list(ret.get("refused") or []), False
+    array = (ret.get("md") or {}).get("array_uuid")
+    if array:
+        more, blank = _invalidate_check(client, model, other, array, timeout)
+        refused += more
+    cleared = [r for r in refused if _open_only(leg, r) or _open_only(other, r)]
+    return {"plan": ret, "problems": [r for r in refused if r not in cleared], "cleared": cleared, "blank": blank}
+
+
+def _release_steps(model, plan):
+    """
+    The calls that take both legs out of service: ``[(node, fun, args, what)]``.
+
+    Each partner first logs out of the other node's leg (on every portal
+    they share), then each owner unexports its own leg: a leg stays open
+    while LIO exports it, and ``restore_leg``/``invalidate_leg`` refuse an
+    open leg. Both functions are idempotent.
+    """
+    nodes, steps = model["nodes"], []
+    for leg, importer in ((plan["leg"], plan["other"]["node"]), (plan["other"], plan["leg"]["node"])):
+        for portal in _portals(nodes[leg["node"]], nodes[importer]):
+            steps.append((importer, LOGOUT_FUN, [leg["target"], portal], f"{importer} logs out of {leg['lv']} "
+                          f"({portal})"))  # fmt: skip
+    for leg in (plan["leg"], plan["other"]):
+        steps.append((leg["node"], UNEXPORT_FUN, [leg["backstore"], leg["target"]], f"{leg['node']} unexports "
+                      f"{leg['lv']}"))  # fmt: skip
+    return steps
+
+
+def _step(client, model, node, call, what):
+    """One call of the restore (``call``: ``(fun, args, kwarg, timeout)``): its step entry and the answer."""
+    fun, args, kwarg, timeout = call
+    minion = model["nodes"][node]["minion"]
+    kind, ret = _call(client, minion, fun, args, kwarg, timeout)
+    ok = kind == "ok" and (not isinstance(ret, dict) or ret.get("result", True) is not False)
+    if ok:
+        message = what
+    elif isinstance(ret, dict) and ret.get("error"):
+        message = f"{what}: {ret['error']}"
+    else:
+        message = f"{what}: {_why_not(node, minion, fun, kind, ret)}"
+    _progress(message if ok else f"FAILED: {message}")
+    return {"step": what, "node": node, "function": fun, "ok": ok, "message": message}, kind, ret
+
+
+def _restore_next(model, plan, state, invalidated, array):
+    """
+    What the operator does next (lines), after the legs were taken out of service.
+
+    ``state``: ``"nothing"`` (nothing was written), ``"partial"`` (the
+    restore failed, or its answer was lost, after it may have begun to
+    write) or ``"restored"``; ``invalidated``: the other leg carries no md
+    superblock now.
+    """
+    guest, leg, other = plan["into"]["guest"], plan["leg"], plan["other"]
+    minions = ",".join(model["nodes"][n]["minion"] for n in sorted({leg["node"], other["node"]}))
+    lines = [f"export both legs again and log the partners back in: salt -L {minions} state.apply "
+             "xencluster.storage (xencluster_leg.node_legs)"]  # fmt: skip
+    if state == "nothing":
+        return lines + [f"nothing was written: {guest} can start as before once its legs are exported"]
+    if not invalidated:
+        ominion = model["nodes"][other["node"]]["minion"]
+        lines.insert(0, f"DO NOT start {guest}: {other['lv']} on {other['node']} still carries the md superblock of "
+                     "the array, so md would take the two legs for in sync; zero it first: salt "
+                     f"{ominion} xencluster_backup.invalidate_leg {other['vg']} {other['lv']} {array}")  # fmt: skip
+    if state == "partial":
+        return lines + [f"{leg['lv']} may hold a partial copy: run the same restore_backup again (confirm=True) "
+                        f"before starting {guest}"]  # fmt: skip
+    return lines + [
+        f"start {guest} (its xl config is unchanged): its md RAID1 comes up degraded on {leg['lv']}, the restored "
+        f"leg; {other['lv']} carries no md superblock any more",
+        f"inside {guest}, add the device of {other['lv']} back to that array (salt {guest} xencluster_md.re_add "
+        "<md> <device> allow_full_resync=True): md copies the restored leg onto it in full",
+    ]  # fmt: skip
+
+
+def _restore_out(guest, disk, into, backup, dry_run):
+    """``restore_backup``'s return, before anything is judged."""
+    return {"result": False, "retcode": 1, "outcome": None, "dry_run": dry_run, "guest": guest, "disk": disk,
+            "into": {"guest": into[0], "disk": into[1]}, "backup": backup, "node": None, "leg": None,
+            "other_leg": None, "checks": [], "plan": None, "steps": [], "restore": None, "next": [],
+            "message": ""}  # fmt: skip
+
+
+def _restore_end(out, outcome, message, started):
+    """Close ``restore_backup``'s return; fire finished/failed after a run that started."""
+    ok = outcome in (RESTORED, WOULD_RESTORE)
+    out.update(result=ok, retcode=0 if ok else 1, outcome=outcome, message=message,
+               duration_s=round(time.monotonic() - started, 1))  # fmt: skip
+    if not ok:
+        __context__["retcode"] = 1
+        log.error("xencluster.restore_backup: %s", message)
+    if out["steps"]:
+        _fire_tag(f"{RESTORE_EVENT_BASE}/{out['into']['guest']}/{'finished' if ok else 'failed'}", out)
+    if out["checks"] and not out["dry_run"]:  # a refusal before any publish is only the return
+        _progress(message)
+    return out
+
+
+def _restore_checks(client, model, out, plan, settings):
+    """Every check before a change, recorded in ``out["checks"]``: ``(node checks or None, problems)``."""
+    checks = out["checks"]
+    facts, _told = _recover_round(client, model, settings["check_timeout"])
+    problems = _live_problems(plan, facts)
+    checks.append(_check("runs_nowhere", not problems, "; ".join(problems) or
+                         f"{plan['into']['guest']} runs nowhere; both legs are at their stable paths"))
+    if problems:
+        return None, problems
+    minion = model["nodes"][plan["node"]]["minion"]
+    vol = volume_state(plan["volume"], _volume_round(client, model, plan["volume"], settings["check_timeout"]), minion)
+    problem = vol["problem"]
+    if not problem and vol["state"] == "to_mount":
+        problem = (f"the backup volume {vol['device']} is not mounted on {vol['node']}: a dry run mounts nothing, so "
+                   "its backups cannot be listed (a run mounts it first)") if settings["dry_run"] else \
+            _mount_volume(client, model, vol, settings["check_timeout"])  # fmt: skip
+    checks.append(_check("volume", not problem, problem or f"{vol['device']} is mounted at {vol['mountpoint']}"))
+    if problem:
+        return None, [problem]
+    found = _node_checks(client, model, plan, out["backup"], settings["check_timeout"])
+    text = "; ".join(found["problems"]) or f"backup {found['plan']['backup']} into {plan['leg']['lv']}"
+    if not found["problems"] and found["cleared"]:
+        text += f" (open now, unexported first: {'; '.join(found['cleared'])})"
+    if not found["problems"] and found["blank"]:
+        text += f"; {plan['other']['lv']} carries no md superblock already: nothing to invalidate"
+    checks.append(_check("node_plans", not found["problems"], text))
+    return found, found["problems"]
+
+
+def _release(client, model, out, plan, settings):
+    """Log out and unexport (``_release_steps``), stopping at the first failure: whether all went."""
+    for node, fun, args, what in _release_steps(model, plan):
+        step, _kind, _ret = _step(client, model, node, (fun, args, {}, settings["check_timeout"]), what)
+        out["steps"].append(step)
+        if not step["ok"]:
+            return False
+    return True
+
+
+def _restore_run(client, model, out, plan, found, settings):
+    """Take the legs out of service, restore_leg, invalidate_leg: the outcome and its message."""
+    guest, leg, other, node_plan = plan["into"]["guest"], plan["leg"], plan["other"], found["plan"]
+    array = (node_plan.get("md") or {}).get("array_uuid")
+    _fire_tag(f"{RESTORE_EVENT_BASE}/{guest}/started", {"guest": guest, "backup": node_plan["backup"],
+                                                        "leg": leg["lv"], "other_leg": other["lv"]})  # fmt: skip
+    if not _release(client, model, out, plan, settings):
+        out["next"] = _restore_next(model, plan, "nothing", found["blank"], array)
+        return FAILED, f"not restoring into {guest}: {out['steps'][-1]['message']}; nothing was written"
+    call = (RESTORE_FUN, [leg["vg"], leg["lv"], plan["source"]["dest"]],
+            {"backup": node_plan["backup"], "overwrite": True, "mkfs": True}, settings["timeout"])  # fmt: skip
+    step, kind, ret = _step(client, model, leg["node"], call, f"{leg['node']} restores {node_plan['backup']} into "
+                            f"{leg['lv']}")  # fmt: skip
+    out["steps"].append(step)
+    out["restore"] = ret if isinstance(ret, dict) else None
+    if kind == "error" and isinstance(ret, str):  # refused (raised) before it wrote anything
+        out["next"] = _restore_next(model, plan, "nothing", found["blank"], array)
+        return FAILED, f"restore into {guest} refused by {leg['node']}: {step['message']}"
+    invalidated = found["blank"]
+    if not invalidated:  # also after a failed or unanswered restore: the leg may hold a partial copy
+        call = (INVALIDATE_FUN, [other["vg"], other["lv"], array], {}, settings["check_timeout"])
+        istep, _kind, _ret = _step(client, model, other["node"], call, f"{other['node']} zeroes the md superblock of "
+                                   f"{other['lv']}")  # fmt: skip
+        out["steps"].append(istep)
+        invalidated = istep["ok"]
+    out["next"] = _restore_next(model, plan, "restored" if step["ok"] else "partial", invalidated, array)
+    if step["ok"] and invalidated:
+        return RESTORED, (f"restored {node_plan['backup']} of {out['guest']}/{out['disk']} into {leg['lv']} on "
+                          f"{leg['node']}, {other['lv']} invalidated; next: " + "; ".join(out["next"]))
+    failed = "; ".join(s["message"] for s in out["steps"] if not s["ok"])
+    return FAILED, f"restore into {guest} failed: {failed}; next: " + "; ".join(out["next"])
+
+
+def restore_backup(guest, disk, backup=None, into=None, node=None, confirm=False, dry_run=False,
+                   timeout=DEFAULT_BACKUP_TIMEOUT, check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None,
+                   tgt_type="glob"):  # fmt: skip
+    """
+    Restore a file-level backup of ``guest``'s ``disk`` into one leg of a disk pair; invalidate the other leg.
+
+    Named ``restore_backup``, not ``restore``: ``restore`` is kept for
+    bringing a node back after maintenance (re-adding its legs).
+
+    ``backup``: a backup name (``20261124T081500Z``) or None/``latest``.
+    ``into``: ``<guest>/<disk>`` of the pair to write (default: the same
+    guest and disk). The backups live on the volume of ``guest``'s backup
+    target, on the target's node, and ``xencluster_backup.restore_leg``
+    reads them there: that node writes its own leg of ``into``'s pair
+    (``node``, if given, must name it). Destructive: the filesystem in that
+    leg is replaced (``rsync --delete``; ``mkfs`` with the backed-up UUID
+    and label when the data area holds none), so a real run needs
+    ``confirm=True`` and the guest stopped everywhere.
+
+    1. The model; the plan above (``restore_plan``).
+    2. The live check, the round ``recover`` makes (ONE publish of
+       ``xencluster_node.report`` and ``xencluster_xl.info`` to every node,
+       ``check_timeout`` s): every node must tell its domains, ``into``'s
+       guest must run nowhere (not running, paused, crashed or migrating),
+       and both legs must be at ``/dev/xencluster/<leg>`` on their owners.
+       A NEW pair's legs are made by the leg states (``state.apply
+       xencluster.storage`` on both nodes), never here, and its guest must
+       have made its md RAID1 on them once (``restore_leg`` writes below an
+       existing md superblock): a missing leg is refused with that advice.
+    3. The backup volume (as ``backup`` checks it; a real run mounts it if
+       needed; a dry run cannot list the backups of an unmounted volume).
+    4. The node plans: ``restore_leg`` (``overwrite=True, mkfs=True``) and
+       ``invalidate_leg`` of the other leg, both with ``dry_run=True``. A
+       leg LIO still exports shows as open: that refusal alone is expected
+       (step 6 unexports it); any other one refuses.
+    5. ``dry_run=True`` stops here and returns the plan (nothing changed).
+    6. Each partner logs out of the other node's leg
+       (``xencluster_iscsi.logout``), each owner unexports its own
+       (``xencluster_lio.unexport``): both legs are out of service.
+    7. ``restore_leg`` of the planned backup into the leg (up to
+       ``timeout`` s), then ``invalidate_leg`` of the other leg (its md
+       superblock zeroed after checking the array UUID), also when the
+       restore failed after it began to write: md must never take a leg
+       written below it and the untouched one for in sync. A leg whose
+       superblock an earlier run zeroed is left as it is, so a failed
+       restore can simply be run again.
+
+    The return's ``next`` says what the operator does then: re-export both
+    legs (``state.apply xencluster.storage`` on both nodes), start the
+    guest (its md RAID1 comes up degraded on the restored leg) and add the
+    other leg back in the guest (``xencluster_md.re_add ...
+    allow_full_resync=True``: a full resync from the restored leg). Do not
+    run a highstate that starts the guest while the restore runs.
+
+    Events (a run that got to step 6): ``xencluster/restore_backup/<guest>/started``,
+    then ``.../finished`` or ``.../failed`` with the return.
+
+    Returns ``{"result", "retcode", "outcome" (restored, would_restore,
+    refused, failed), "dry_run", "guest", "disk", "into": {"guest",
+    "disk"}, "backup", "node", "leg", "other_leg", "checks": [{"check",
+    "ok", "message"}], "plan" (the node's restore plan), "steps": [{"step",
+    "node", "function", "ok", "message"}], "restore" (restore_leg's
+    return), "next": [lines], "duration_s", "message"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.restore_backup web1 root dry_run=True
+        salt-run xencluster.restore_backup web1 root confirm=True
+        salt-run xencluster.restore_backup web1 root backup=20261124T081500Z into=web2/root confirm=True
+    """
+    started = time.monotonic()
+    out = _restore_out(guest, disk, (guest, disk), backup, dry_run is True)
+    try:
+        out["backup"], into = _check_restore_args(guest, disk, backup, into, node, {"confirm": confirm,
+                                                  "dry_run": dry_run}, (timeout, check_timeout))  # fmt: skip
+        out["into"] = {"guest": into[0], "disk": into[1]}
+        model = _migrate_model(guest, tgt, tgt_type)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _restore_end(out, REFUSED, f"not restoring: {exc}", started)
+    verb = "would not restore" if dry_run else "not restoring"
+    if not dry_run and not confirm:
+        return _restore_end(out, REFUSED, f"{verb}: restore_backup replaces the filesystem on one leg of "
+                            f"{into[0]}/{into[1]} and makes the other leg stale: stop {into[0]} everywhere, then "
+                            "confirm=True (dry_run=True shows the plan)", started)  # fmt: skip
+    plan = restore_plan(model, guest, disk, into, node)
+    out.update(node=plan["node"], leg=(plan["leg"] or {}).get("lv"), other_leg=(plan["other"] or {}).get("lv"))
+    if plan["problems"]:
+        return _restore_end(out, REFUSED, f"{verb}: {'; '.join(plan['problems'])}", started)
+    settings = {"dry_run": dry_run, "timeout": timeout, "check_timeout": check_timeout}
+    client = _local_client()
+    found, problems = _restore_checks(client, model, out, plan, settings)
+    out["plan"] = (found or {}).get("plan")
+    if problems:
+        return _restore_end(out, REFUSED, f"{verb}: {'; '.join(problems)}", started)
+    if dry_run:
+        other = "" if found["blank"] else f" and invalidate {plan['other']['lv']} on {plan['other']['node']}"
+        return _restore_end(out, WOULD_RESTORE, f"would restore {out['plan']['backup']} of {guest}/{disk} into "
+                            f"{plan['leg']['lv']} on {plan['node']}{other}", started)  # fmt: skip
+    outcome, message = _restore_run(client, model, out, plan, found, settings)
+    return _restore_end(out, outcome, message, started)
