@@ -8,9 +8,11 @@ Xen ``xl`` on xencluster dom0s: which guests run here, and what the host is.
 * Lifecycle: ``render_config``, ``create``, ``create_degraded`` (an xl.cfg
   minus the disks of a dead node), ``shutdown``, ``destroy``,
   ``migrate``, ``save``, ``restore``, ``mem_set``, ``vcpu_set``,
-  ``sched_credit2``. Every argument is validated before it reaches an argument
-  list; nothing goes through a shell here (but ``xl migrate`` hands its ssh
-  command and host to ``sh -c``, so both are held to strict patterns).
+  ``sched_credit2``; ``block_list`` and ``block_attach`` (a disk
+  hot-plugged into a running guest, for ``xencluster.restore``). Every
+  argument is validated before it reaches an argument list; nothing goes
+  through a shell here (but ``xl migrate`` hands its ssh command and host to
+  ``sh -c``, so both are held to strict patterns).
 
 Only loads on a dom0 (``/proc/xen/capabilities`` contains ``control_d``) that
 has the ``xl`` binary. Named ``xencluster_xl`` so it never shadows Salt's
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 
@@ -772,6 +775,106 @@ def block_list(name):
     for row in live.values():
         disks.append({"vdev": None, "target": None, "format": None, "mode": None, **row})
     return disks
+
+
+XL_BLOCK_ATTACH = ["xl", "block-attach"]
+_ACCESS = ("rw", "ro")
+_DISK_FORMATS = ("raw",)  # a leg is a whole block device: no qcow2 (that needs the qdisk backend)
+
+
+def _check_vdev(vdev):
+    if not isinstance(vdev, str) or vdev_number(vdev) is None:
+        raise SaltInvocationError(f"invalid vdev (a whole disk such as xvda, sdb or hda): {vdev!r}")
+    return vdev
+
+
+def _is_block_device(path):
+    """True when ``path`` (after its symlinks) is a block device."""
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def disk_spec(target, vdev, access="rw", disk_format="raw"):
+    """
+    The xl disk spec of one disk, as ``xencluster_guest.defined`` writes it (pure).
+
+    ``format=<format>,vdev=<vdev>,access=<access>,target=<target>``: ``target``
+    comes last because xl reads everything after ``target=`` as the path.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_xl.disk_spec /dev/xencluster/web1.root.node1 xvda
+    """
+    _check_path(target, "target")
+    _check_vdev(vdev)
+    if access not in _ACCESS:
+        raise SaltInvocationError(f"access must be one of {', '.join(_ACCESS)}: {access!r}")
+    if disk_format not in _DISK_FORMATS:
+        raise SaltInvocationError(f"disk_format must be one of {', '.join(_DISK_FORMATS)}: {disk_format!r}")
+    return f"format={disk_format},vdev={vdev},access={access},target={target}"
+
+
+def _attach_problem(name, target, vdev, disks):
+    """``(attached entry or None, why not attach)``: the disk there already, or a clash with another."""
+    mine = [d for d in disks if d["target"] == target]
+    if mine and mine[0]["vdev"] == vdev:
+        return mine[0], None
+    if mine:
+        return None, f"{target} is attached to {name} already, at {mine[0]['vdev']}, not at {vdev}"
+    taken = [d for d in disks if d["vdev"] == vdev or (d["vdev"] is None and d["devid"] == vdev_number(vdev))]
+    if taken:
+        return None, f"{vdev} of {name} is taken by {taken[0]['target'] or 'a device being attached'}"
+    return None, None
+
+
+def block_attach(domain, target, vdev, access="rw", disk_format="raw", dry_run=False):
+    """
+    Hot-plug the block device ``target`` into the running guest ``domain`` at ``vdev``.
+
+    Runs ``xl block-attach <domain> format=raw,vdev=<vdev>,access=rw,target=<target>``
+    (the spec ``disk_spec`` builds, the shape ``xencluster_guest.defined``
+    writes). Before that, ``list_domains`` and ``block_list`` read the host:
+    the guest must run here (not shut down, crashed or dying), ``target`` must
+    be a block device, and ``vdev`` must be free. Idempotent: ``target``
+    already attached at ``vdev`` changes nothing; attached at another vdev is
+    refused. ``xencluster.restore`` uses it to give a guest that ``recover``
+    started degraded its returning legs back.
+
+    Returns ``{"domain", "target", "vdev", "spec", "argv", "changed",
+    "disk"}`` (``disk``: the ``block_list`` entry after the attach, None in
+    a dry run that would attach). ``dry_run=True`` checks and attaches nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_xl.block_attach web1 /dev/xencluster/web1.root.node1 xvda
+        salt node2 xencluster_xl.block_attach web1 /dev/xencluster/web1.root.node1 xvda dry_run=True
+    """
+    _check_name(domain)
+    spec = disk_spec(target, vdev, access, disk_format)
+    _check_bool(dry_run, "dry_run")
+    dom = list_domains().get(domain)
+    if dom is None or dom["state"] in _STOPPED:
+        why = "does not exist" if dom is None else f"is {dom['state']}"
+        raise CommandExecutionError(f"guest {domain} {why} on this host: nothing to attach {target} to")
+    if not _is_block_device(target):
+        raise CommandExecutionError(f"{target} is not a block device on this host (is the leg imported?)")
+    disks = block_list(domain)
+    present, problem = _attach_problem(domain, target, vdev, disks)
+    if problem:
+        raise CommandExecutionError(problem)
+    argv = [*XL_BLOCK_ATTACH, domain, spec]
+    result = {"domain": domain, "target": target, "vdev": vdev, "spec": spec, "argv": argv}
+    if present is not None or dry_run:
+        return dict(result, changed=False, disk=present)
+    _run(argv)
+    attached = next((d for d in block_list(domain) if d["target"] == target), None)
+    return dict(result, changed=True, disk=attached)
 
 
 # --- a degraded start: an xl.cfg minus the disks of a dead node -----------------------

@@ -54,6 +54,14 @@ Drained nodes (``_drained``/``_set_drained``, the master's cache bank
 migrates each of its guests to its pair partner (``migrate``'s own steps),
 a bounded number at once; ``undrain`` clears the mark, ``drained`` lists the
 marks.
+
+``monitor`` is ``verify`` for a master schedule: one
+``xencluster/alert/<code>`` event per serious finding. ``recover`` starts a
+lost node's guests degraded on their pair partners, after ``confirm_dead``.
+``restore`` puts a node back in service: its legs exported and imported
+again, the returning legs re-added to each guest's md RAID1 (a bitmap
+resync), the resync followed until clean, then undrain. ``backup`` and
+``restore_backup`` sync a guest's filesystems to its backup target and back.
 """
 
 import concurrent.futures
@@ -3497,3 +3505,800 @@ def restore_backup(guest, disk, backup=None, into=None, node=None, confirm=False
                             f"{plan['leg']['lv']} on {plan['node']}{other}", started)  # fmt: skip
     outcome, message = _restore_run(client, model, out, plan, found, settings)
     return _restore_end(out, outcome, message, started)
+
+
+# --- restore: a node back in service, its legs back in every guest's md RAID1 -------------------
+#
+# After evacuate (maintenance) or recover (a lost node), each guest with a leg on the node runs on
+# its partner with that leg out of its md RAID1: faulty or removed (its iSCSI session was down), or
+# absent from the domain altogether (recover's degraded start). restore brings the legs back with
+# the leg state, hot-plugs what a degraded start left out, re-adds each returning leg inside the
+# guest (a bitmap resync: only what changed moves), follows the resync, and only then undrains.
+
+NODE_RESTORE_EVENT_BASE = "xencluster/restore"
+STATE_SINGLE_FUN = "state.single"
+LEGS_STATE = "xencluster_leg.node_legs"
+LEGS_STATE_NAME = "xencluster-legs"  # not a node name: node_legs then converges the minion it runs on
+ATTACH_FUN = "xencluster_xl.block_attach"
+RE_ADD_FUN = "xencluster_md.re_add"
+REMOVE_LEG_FUN = "xencluster_md.remove_leg"
+BLKDEV_FUN = "file.is_blkdev"
+DEFAULT_RESTORE_TIMEOUT = 300  # one state run, one block-attach, one re-add
+DEFAULT_RESYNC_TIMEOUT = 3600
+MAX_RESYNC_TIMEOUT = 7 * 86400
+RESYNC_POLL_INTERVAL = 5
+DEVICE_POLL_INTERVAL = 1
+LEGS_IMPORT_WAIT = 60  # the partners' logins wait this long for the node's exports
+IN_SYNC, WOULD_RE_ADD, NOT_RUNNING, SILENT, RESYNCING = "in_sync", "would_re_add", "not_running", "silent", "resyncing"
+BACK_OUTCOMES = (IN_SYNC, WOULD_RE_ADD, NOT_RUNNING)  # the guest does not keep the node drained
+OUTCOME_TEXT = {IN_SYNC: "in sync", WOULD_RE_ADD: "to re-add", NOT_RUNNING: "not running", RESYNCING: "resyncing",
+                SILENT: "silent", REFUSED: "refused", FAILED: "failed"}  # fmt: skip
+
+
+def _clock():
+    """Monotonic seconds: the resync's deadline and durations (tests replace it)."""
+    return time.monotonic()
+
+
+def _pause(seconds):
+    """Wait between two polls (tests replace it)."""
+    time.sleep(seconds)
+
+
+def _check_node_restore_args(node, flags, timeouts):
+    """``flags``: ``{name: bool}``; ``timeouts``: ``(timeout, check_timeout, resync_timeout)``."""
+    _check_name(node, "node")
+    _check_flags(flags)
+    _check_seconds(timeouts[0], "timeout", MAX_RECOVER_TIMEOUT)
+    _check_seconds(timeouts[1], "check_timeout", 600)
+    _check_seconds(timeouts[2], "resync_timeout", MAX_RESYNC_TIMEOUT)
+
+
+def _node_restore_refusal(node, facts, told):
+    """``(retcode, why)`` when nothing may be done after a round, else None."""
+    if not told[node]:
+        return 1, f"{node} did not answer: boot it and let its minion connect first"
+    silent = [facts[n]["why"]["domains"] for n in sorted(facts) if facts[n]["domains"] is None]
+    if silent:
+        return 1, f"every node must tell its domains, so that where each guest runs is known: {'; '.join(silent)}"
+    doubles = _double_runs(facts)
+    if doubles:
+        return 2, (f"{ECLUSTERDOUBLERUN}: DOUBLE RUN of {_doubles_text(doubles)}: nothing is restored "
+                   "(salt-run xencluster.verify)")  # fmt: skip
+    return None
+
+
+def returning_guests(model, node, facts):
+    """
+    Every guest of the model with a leg on ``node``, and where it runs (pure).
+
+    ``facts``: ``{node: node_facts}`` of a round in which every node told
+    its domains and none runs a domain twice. Returns ``[{"guest", "on" (the
+    node it runs on under its own name, or None), "state" (its xl state
+    there), "moving" (xl migrate's temporary names seen, with their node)}]``
+    in name order.
+    """
+    out = []
+    for name, spec in sorted(model["guests"].items()):
+        if node not in spec["nodes"]:
+            continue
+        plain, moving = _sightings(name, facts)
+        on = min(plain) if plain else None
+        out.append({"guest": name, "on": on, "state": plain[on].get("state") if on else None,
+                    "moving": [f"{n} on {where}" for where, names in sorted(moving.items()) for n in sorted(names)]})
+    return out
+
+
+def _returning_entry(item):
+    """A guest's entry of the return, before it is judged."""
+    return {"guest": item["guest"], "outcome": None, "on": item["on"], "state": item["state"],
+            "moving": item["moving"], "legs": [], "paths": [], "arrays": {}, "duration_s": None, "message": "",
+            "next": []}  # fmt: skip
+
+
+def _where_problem(entry, spec):
+    """``(outcome, message)`` of a guest that cannot be worked on where it is, or None."""
+    guest, on = entry["guest"], entry["on"]
+    if entry.get("moving"):
+        return REFUSED, (f"a migration of {guest} is in flight ({', '.join(entry['moving'])}): run restore again "
+                         "once it has ended")  # fmt: skip
+    if on is None:
+        return NOT_RUNNING, f"{guest} runs nowhere: nothing to re-add (its arrays assemble when it starts)"
+    if entry["state"] in STOPPED:
+        return NOT_RUNNING, (f"{guest} is {entry['state']} on {on}: nothing to re-add (its arrays assemble when it "
+                             "starts)")  # fmt: skip
+    if on not in spec["nodes"]:
+        return REFUSED, f"{guest} runs on {on}, outside its pair {' and '.join(spec['nodes'])}: its legs are not there"
+    return None
+
+
+def _spec_fields(spec):
+    """``{"vdev", "access", "format", "target"}`` of one xl disk spec (``target=`` last, as render_config writes)."""
+    head, _sep, target = spec.rpartition("target=")
+    fields = dict(f.split("=", 1) for f in head.split(",") if "=" in f)
+    return {"vdev": fields.get("vdev"), "access": fields.get("access", "rw"), "format": fields.get("format", "raw"),
+            "target": target}  # fmt: skip
+
+
+def _config_disks(client, minion, host, guest, legs, timeout):
+    """
+    ``({target: fields}, None)`` of every disk of the guest state's own config on ``host``, or ``(None, why)``.
+
+    ``create_degraded``'s dry run reads ``/etc/xen/xencluster/<guest>.cfg``
+    (what ``xencluster_guest.defined`` wrote from the model), refuses a file
+    that has no disk for one of ``legs``, and starts nothing: the vdev of a
+    returning leg comes from that one file, never from a second rendering.
+    """
+    kind, ret = _degraded_call(client, minion, guest, legs, True, timeout)
+    if kind != "ok":
+        return None, f"cannot read the disks of {_config_path(guest)} on {host}: " + \
+            _why_not(host, minion, DEGRADED_FUN, kind, ret)  # fmt: skip
+    specs = list(ret.get("disk") or []) + list(ret.get("without") or [])
+    return {f["target"]: f for f in map(_spec_fields, specs)}, None
+
+
+def _returning_legs(spec, node, disks):
+    """One entry per disk: its leg on ``node`` (the returning one) with its vdev and its partner leg's (pure)."""
+    out = []
+    for disk in spec["disks"]:
+        leg = next(leg for leg in disk["legs"] if leg["node"] == node)
+        other = next(leg for leg in disk["legs"] if leg["node"] != node)
+        mine, partner = disks.get(leg["path"]) or {}, disks.get(other["path"]) or {}
+        out.append({"leg": leg["lv"], "disk": disk["name"], "path": leg["path"], "vdev": mine.get("vdev"),
+                    "access": mine.get("access", "rw"), "format": mine.get("format", "raw"),
+                    "partner": other["lv"], "partner_vdev": partner.get("vdev"), "attach": None, "members": []})
+    return out
+
+
+def _leg_config_problems(guest, host, legs):
+    """A disk of the config missing for a returning leg or its partner (the config names both of each disk)."""
+    return [f"{_config_path(guest)} on {host} has no disk for {name}" for leg in legs
+            for name, vdev in ((leg["leg"], leg["vdev"]), (leg["partner"], leg["partner_vdev"])) if not vdev]
+
+
+def _path_problems(host, legs, fact):
+    """The model ``legs``' stable paths on ``host``: an iSCSI LUN there (the local LV on the leg's own node)."""
+    if fact["links"] is None:
+        return [f"the stable paths on {host} are not known: {fact['why']['links']}"]
+    problems = []
+    for leg in legs:
+        problem = _leg_problem(leg, host, fact["links"].get(leg["lv"]))
+        if problem:
+            problems.append(f"returning leg {leg['lv']} on {host}: {problem}")
+    return problems
+
+
+def _attach_call(client, minion, guest, leg, dry_run, timeout):
+    """``(kind, value)`` of ``xencluster_xl.block_attach`` of one returning leg; never raises."""
+    kwarg = {"access": leg["access"], "disk_format": leg["format"], "dry_run": dry_run}
+    return _call(client, minion, ATTACH_FUN, [guest, leg["path"], leg["vdev"]], kwarg, timeout)
+
+
+def _attach_plan(client, minion, host, guest, legs, timeout):
+    """Each leg's ``attach``: ``kept`` (the domain has it) or ``attach``, from block_attach's dry run; the problems."""
+    problems = []
+    for leg in legs:
+        kind, ret = _attach_call(client, minion, guest, leg, True, timeout)
+        if kind != "ok" or not isinstance(ret, dict):
+            why = _why_not(host, minion, ATTACH_FUN, kind, ret)
+            problems.append(f"{leg['leg']} at {leg['vdev']} of {guest}: {why}")
+            continue
+        disk = ret.get("disk")
+        leg["attach"] = "kept" if disk else "attach"
+        if disk and disk.get("state") != "connected":
+            problems.append(f"{leg['path']} is attached to {guest} at {leg['vdev']} but its xenbus state is "
+                            f"{disk.get('state')}, not connected: xl block-detach {guest} {leg['vdev']} on {host}, "
+                            "then run restore again")  # fmt: skip
+    return problems
+
+
+def _array_members(leg, arrays):
+    """
+    Where a returning leg goes back (pure): one member per array of the guest that holds its partner.
+
+    The guest sees disk ``vdev`` as ``/dev/<vdev>``: an array holding the
+    partner's ``xvdb`` (or its partition ``xvdb2``) takes the returning
+    ``xvda`` (``xvda2``) back. Each member: ``{"array", "device", "state"
+    (of the returning device in that array: active, rebuilding, spare,
+    faulty, or None when it is not in it), "bitmap", "action", "method"}``.
+    """
+    out = []
+    for md, st in sorted((arrays or {}).items()):
+        by_name = {leg_["kernel_name"]: leg_ for leg_ in st.get("legs") or [] if leg_.get("kernel_name")}
+        for kname, member in sorted(by_name.items()):
+            match = re.fullmatch(re.escape(leg["partner_vdev"]) + r"([0-9]*)", kname)
+            if not match or member.get("state") != "active":
+                continue
+            mine = by_name.get(leg["vdev"] + match.group(1))
+            out.append({"array": md, "device": f"/dev/{leg['vdev']}{match.group(1)}",
+                        "state": mine["state"] if mine else None, "bitmap": st.get("bitmap"), "action": None,
+                        "method": None})  # fmt: skip
+    return out
+
+
+def _member_action(member, allow_full_resync):
+    """Set what re-adding one member takes; a problem line, or None."""
+    if member["state"] in ("active", "rebuilding", "spare"):
+        return None  # in the array already: the resync (if any) is followed
+    member["action"] = "remove, re-add" if member["state"] == "faulty" else "re-add"
+    if member["bitmap"] == "none" and not allow_full_resync:
+        return (f"{member['array']} has no write-intent bitmap: putting {member['device']} back is a FULL resync of "
+                "the leg; run again with allow_full_resync=True to do it")  # fmt: skip
+    return None
+
+
+def _md_plan(guest, legs, arrays, allow_full_resync):
+    """Each leg's members and actions from the guest's ``xencluster_md.status``; the problems."""
+    problems = []
+    for leg in legs:
+        leg["members"] = _array_members(leg, arrays)
+        if not leg["members"]:
+            problems.append(f"no md array of {guest} holds /dev/{leg['partner_vdev']} ({leg['partner']}, the other leg "
+                            f"of disk {leg['disk']}) active: nothing to put {leg['leg']} back into")  # fmt: skip
+        problems += [p for p in (_member_action(m, allow_full_resync) for m in leg["members"]) if p]
+    return problems
+
+
+def _guest_arrays(client, guest, timeout):
+    """``(kind, arrays)`` of ``xencluster_md.status`` on the guest's minion (kind ``no_key``: not published to)."""
+    if guest not in _accepted([guest]):
+        return "no_key", None
+    return _call(client, guest, MD_FUN, [], {}, timeout)
+
+
+def _silent_guest(entry, node, kind, ret):
+    """Mark a guest whose minion cannot tell its arrays; what the operator does then."""
+    guest = entry["guest"]
+    why = (f"guest minion {guest} has no accepted key" if kind == "no_key" else
+           f"guest minion {guest} did not answer" if kind == "no_answer" else
+           f"guest minion {guest} cannot tell its arrays: {_short(ret)}")  # fmt: skip
+    entry.update(outcome=SILENT if kind in ("no_key", "no_answer") else REFUSED, message=f"{why}: nothing done")
+    entry["next"] = [f"once {guest}'s minion answers with xencluster_md.status, run salt-run xencluster.restore "
+                     f"{node} again (it does only what is missing)"]  # fmt: skip
+
+
+def _refuse_guest_restore(entry, node, problems, dry_run):
+    verb = "would not restore" if dry_run else "not restoring"
+    entry.update(outcome=REFUSED, message=f"{verb} {entry['guest']}'s legs: {'; '.join(problems)}")
+    entry["next"] = [f"fix that, then run salt-run xencluster.restore {node} again"]
+
+
+def _plan_text(entry):
+    """``attach xvda, xvdc; re-add /dev/xvda to /dev/md127`` of a planned guest."""
+    attach = [leg["vdev"] for leg in entry["legs"] if leg["attach"] == "attach"]
+    adds = [f"{m['action']} {m['device']} to {m['array']}" for leg in entry["legs"] for m in leg["members"]
+            if m["action"]]  # fmt: skip
+    parts = ([f"attach {', '.join(attach)}"] if attach else []) + adds
+    return "; ".join(parts) or "nothing: every returning leg is in its array already"
+
+
+def _judge_returning(client, model, node, entry, fact, settings):
+    """Every check of one running guest, no change: its legs planned, or its outcome set (refused, silent)."""
+    guest, host = entry["guest"], entry["on"]
+    spec, minion = model["guests"][guest], model["nodes"][host]["minion"]
+    returning = _dead_legs(spec, node)  # the legs on node: recover's dead legs, coming back now
+    disks, why = _config_disks(client, minion, host, guest, returning, settings["check_timeout"])
+    if why:
+        return _refuse_guest_restore(entry, node, [why], settings["dry_run"])
+    entry["legs"] = _returning_legs(spec, node, disks)
+    problems = _leg_config_problems(guest, host, entry["legs"]) or _path_problems(host, returning, fact)
+    if problems and not (settings["dry_run"] and settings["legs_pending"]):
+        return _refuse_guest_restore(entry, node, problems, settings["dry_run"])
+    entry["paths"] = problems  # a dry run before the legs state: what that state has to bring
+    problems = [] if problems else _attach_plan(client, minion, host, guest, entry["legs"], settings["check_timeout"])
+    if problems:
+        return _refuse_guest_restore(entry, node, problems, settings["dry_run"])
+    kind, arrays = _guest_arrays(client, guest, settings["check_timeout"])
+    if kind != "ok" or not isinstance(arrays, dict):
+        return _silent_guest(entry, node, kind, arrays)
+    problems = _md_plan(guest, entry["legs"], arrays, settings["allow_full_resync"])
+    if problems:
+        return _refuse_guest_restore(entry, node, problems, settings["dry_run"])
+    return None
+
+
+def _guest_why(guest, fun, kind, ret):
+    """One line: why ``fun`` on a guest minion gave nothing usable."""
+    if kind == "no_answer":
+        return f"guest minion {guest} did not answer {fun}"
+    return f"{guest}: {fun} failed: {_short(_raised(ret) or ret)}"
+
+
+def _attach_missing(client, model, entry, timeout):
+    """Hot-plug each returning leg the domain lacks (a degraded start): a problem line, or None."""
+    guest, host = entry["guest"], entry["on"]
+    minion = model["nodes"][host]["minion"]
+    for leg in entry["legs"]:
+        if leg["attach"] != "attach":
+            continue
+        kind, ret = _attach_call(client, minion, guest, leg, False, timeout)
+        if kind != "ok" or not isinstance(ret, dict):
+            why = _why_not(host, minion, ATTACH_FUN, kind, ret)
+            return f"attaching {leg['path']} to {guest} at {leg['vdev']} failed: {why}"
+        leg["attach"] = "attached"
+        _progress(f"{guest}: {leg['path']} attached at {leg['vdev']} on {host}")
+    return None
+
+
+def _wait_devices(client, guest, devices, timeout):
+    """The hot-plugged ``devices`` not seen in the guest within ``timeout`` (blkfront connects after xl returns)."""
+    deadline, waiting = _clock() + timeout, list(devices)
+    while waiting:
+        waiting = [d for d in waiting if _call(client, guest, BLKDEV_FUN, [d], {}, timeout) != ("ok", True)]
+        if not waiting or _clock() >= deadline:
+            break
+        _pause(DEVICE_POLL_INTERVAL)
+    return waiting
+
+
+def _re_add_member(client, guest, member, allow_full_resync, timeout):
+    """``mdadm --remove`` (a faulty member) then ``--re-add`` of one member in the guest: a problem, or None."""
+    md, device = member["array"], member["device"]
+    if member["action"] == "remove, re-add":
+        kind, ret = _call(client, guest, REMOVE_LEG_FUN, [md, device], {}, timeout)
+        if kind != "ok":
+            return f"removing the faulty {device} from {md} failed: {_guest_why(guest, REMOVE_LEG_FUN, kind, ret)}"
+    kind, ret = _call(client, guest, RE_ADD_FUN, [md, device], {"allow_full_resync": allow_full_resync}, timeout)
+    if kind != "ok" or not isinstance(ret, dict):
+        return f"re-adding {device} to {md} failed: {_guest_why(guest, RE_ADD_FUN, kind, ret)}"
+    member["method"] = ret.get("method")
+    how = "a FULL resync (mdadm --add)" if member["method"] == "add" else "a bitmap resync"
+    _progress(f"{guest}: {device} back in {md}: {how}")
+    return None
+
+
+def _tracked_arrays(entry):
+    """``entry["arrays"]``: each array a returning leg belongs in, its devices and how they went back."""
+    for leg in entry["legs"]:
+        for m in leg["members"]:
+            rec = entry["arrays"].setdefault(m["array"], {"devices": [], "method": None, "state": None, "now": None,
+                                                          "first_sync": None, "last_sync": None, "clean": False,
+                                                          "duration_s": None})  # fmt: skip
+            rec["devices"].append(m["device"])
+            rec["method"] = m["method"] or rec["method"]
+
+
+def _restore_returning(client, model, node, entry, settings):
+    """Attach, wait, re-add for one judged guest: its outcome stays None (resync to follow) or is FAILED."""
+    guest, timeout = entry["guest"], settings["timeout"]
+    problem = _attach_missing(client, model, entry, timeout)
+    if not problem:
+        fresh = [m["device"] for leg in entry["legs"] if leg["attach"] == "attached" for m in leg["members"]]
+        late = _wait_devices(client, guest, fresh, settings["check_timeout"])
+        if late:
+            problem = (f"{', '.join(late)} did not show up in {guest} ({BLKDEV_FUN}) within {settings['check_timeout']} "
+                       "s of the attach")  # fmt: skip
+    members = [m for leg in entry["legs"] for m in leg["members"] if m["action"]]
+    for member in [] if problem else members:
+        problem = _re_add_member(client, guest, member, settings["allow_full_resync"], timeout)
+        if problem:
+            break
+    _tracked_arrays(entry)
+    if problem:
+        entry.update(outcome=FAILED, message=f"{guest}: {problem}")
+        entry["next"] = [f"fix that, then run salt-run xencluster.restore {node} again (it does only what is missing)"]
+        _progress(f"FAILED: {entry['message']}")
+
+
+# --- restore: following the resync ----------------------------------------------------------------
+
+
+def _array_clean(st, devices):
+    """True when the array has every slot in sync, nothing left to resync, and each of ``devices`` active in it."""
+    if not isinstance(st, dict) or st.get("sync") or st.get("failed_devices"):
+        return False
+    if not st.get("raid_devices") or st.get("active_devices") != st.get("raid_devices"):
+        return False
+    active = {leg.get("kernel_name") for leg in st.get("legs") or [] if leg.get("state") == "active"}
+    return all(device.rsplit("/", 1)[-1] in active for device in devices)
+
+
+def _resync_text(rec):
+    """``clean``, ``recovery 45.0% (117504/261120 KiB at 1245 KiB/s, ~120 s left)`` or the array's state."""
+    if rec["clean"]:
+        return "clean"
+    sync = rec["now"]
+    if not sync:
+        return rec["state"] or "not seen"
+    if sync.get("waiting"):
+        return f"{sync['action']} {sync['waiting'].lower()}"
+    return (f"{sync['action']} {sync['percent']}% ({sync['done_kib']}/{sync['total_kib']} KiB at {sync['speed_kbs']} "
+            f"KiB/s, ~{sync['eta_seconds']} s left)")  # fmt: skip
+
+
+def _track(entry, arrays, elapsed):
+    """Fold one ``xencluster_md.status`` answer into the guest's arrays; True when every one is clean."""
+    for md, rec in entry["arrays"].items():
+        st = (arrays or {}).get(md) or {}
+        sync = st.get("sync")
+        rec.update(state=st.get("state"), now=sync)
+        if sync:
+            rec["first_sync"] = rec["first_sync"] or sync
+            rec["last_sync"] = sync
+        if not rec["clean"] and _array_clean(st, rec["devices"]):
+            rec.update(clean=True, duration_s=round(elapsed, 1))
+    return all(rec["clean"] for rec in entry["arrays"].values())
+
+
+def _resync_event(node, entry, elapsed, answer):
+    """One event ``xencluster/restore/<node>/<guest>/resync``; and its progress line."""
+    guest = entry["guest"]
+    arrays = {md: {"state": rec["state"], "sync": rec["now"], "clean": rec["clean"]}
+              for md, rec in sorted(entry["arrays"].items())}  # fmt: skip
+    clean = all(rec["clean"] for rec in entry["arrays"].values())
+    _fire_tag(f"{NODE_RESTORE_EVENT_BASE}/{node}/{guest}/resync", {"node": node, "guest": guest, "on": entry["on"],
+              "elapsed_s": round(elapsed, 1), "clean": clean, "arrays": arrays, "answer": answer})  # fmt: skip
+    text = answer or "; ".join(f"{md} {_resync_text(rec)}" for md, rec in sorted(entry["arrays"].items()))
+    _progress(f"{guest}: {text} ({round(elapsed, 1)} s)")
+
+
+def _poll_arrays(client, guests, timeout):
+    """ONE ``xencluster_md.status`` publish to ``guests``: ``{guest: (kind, value)}``; never raises."""
+    try:
+        answers = _publish(client, sorted(guests), MD_FUN, timeout)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.restore: the resync poll failed: %s", exc)
+        answers = {}
+    return {guest: _answer(answers.get(guest), MD_FUN) for guest in guests}
+
+
+def _follow_resync(client, node, entries, since, settings):
+    """
+    Poll the guests' arrays until every one is clean or ``resync_timeout`` has passed.
+
+    ONE publish of ``xencluster_md.status`` per poll to the guests still
+    resyncing, every ``RESYNC_POLL_INTERVAL`` seconds; an event and a
+    progress line per guest and poll. A guest clean at last is ``in_sync``
+    (with its duration); one still resyncing at the deadline ``resyncing``.
+    """
+    pending = {e["guest"]: e for e in entries}
+    deadline = _clock() + settings["resync_timeout"]
+    while pending:
+        for guest, (kind, ret) in sorted(_poll_arrays(client, pending, settings["check_timeout"]).items()):
+            entry, elapsed = pending[guest], _clock() - since[guest]
+            ok = kind == "ok" and isinstance(ret, dict)
+            clean = _track(entry, ret if ok else None, elapsed) if ok else False
+            _resync_event(node, entry, elapsed, None if ok else _guest_why(guest, MD_FUN, kind, ret))
+            if clean:
+                entry.update(outcome=IN_SYNC, duration_s=round(elapsed, 1))
+                del pending[guest]
+        if not pending or _clock() >= deadline:
+            break
+        _pause(max(0, min(RESYNC_POLL_INTERVAL, deadline - _clock())))
+    for entry in pending.values():
+        entry.update(outcome=RESYNCING)
+        entry["next"] = [f"wait for {entry['guest']}'s resync, then run salt-run xencluster.restore {node} again: it "
+                         "re-adds nothing more and undrains once every array is clean"]  # fmt: skip
+
+
+def _in_sync_message(entry):
+    """``web1: /dev/md127 in sync in 12.5 s (bitmap resync), ...``."""
+    parts = []
+    for md, rec in sorted(entry["arrays"].items()):
+        how = {"add": " (FULL resync)", "re-add": " (bitmap resync)"}.get(rec["method"], "")
+        first, last = rec["first_sync"], rec["last_sync"]
+        seen = f", seen from {first.get('percent')}% to {last.get('percent')}% of {last.get('total_kib')} KiB" \
+            if first and last and "percent" in first and "percent" in last else ""  # fmt: skip
+        parts.append(f"{md} in sync in {rec['duration_s']} s{how}{seen}")
+    return f"{entry['guest']}: " + ("; ".join(parts) or "nothing to resync")
+
+
+# --- restore: the legs through the leg state, the verdict, the verb -------------------------------
+
+
+def _partners(model, node):
+    """The nodes that share a disk pair with ``node`` (they import its legs)."""
+    return sorted({n for spec in model["guests"].values() if node in spec["nodes"] for n in spec["nodes"]} - {node})
+
+
+def _state_results(ret):
+    """The state results of a ``state.single`` answer (``{id: {"result", ...}}``), or None (it did not run)."""
+    if isinstance(ret, dict) and ret and all(isinstance(v, dict) and "result" in v for v in ret.values()):
+        return list(ret.values())
+    return None
+
+
+def _legs_summary(node, minion, data, keyed):
+    """What ``xencluster_leg.node_legs`` did (or, with test=True, would do) on ``node``: its lines and errors."""
+    out = {"node": node, "minion": minion, "ok": False, "actions": 0, "lines": [], "errors": []}
+    if not keyed:
+        out["errors"].append(f"{node} (minion {minion}) has no accepted key")
+        return out
+    kind, _ret = _answer(data, STATE_SINGLE_FUN)
+    ret = data.get("ret") if isinstance(data, dict) else None
+    states = _state_results(ret) if kind != "no_answer" else None
+    if states is None:  # not run: no answer, a render error, another state run holding the minion...
+        why = "; ".join(map(str, ret)) if isinstance(ret, list) and ret else \
+            _why_not(node, minion, STATE_SINGLE_FUN, kind, ret)  # fmt: skip
+        out["errors"].append(f"{node}: {LEGS_STATE} did not run: {_short(why, 600)}")
+        return out
+    for state in states:
+        lines = str(state.get("comment") or "").splitlines()
+        out["lines"] += lines
+        errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+        out["errors"] += errors or ([lines[0] if lines else "failed"] if state["result"] is False else [])
+        out["actions"] += len((state.get("changes") or {}).get("actions") or [])
+    out["ok"] = not out["errors"]
+    return out
+
+
+def _legs_round(client, model, nodes, dry_run, timeout):
+    """ONE publish of ``state.single xencluster_leg.node_legs`` to ``nodes`` (those with a key): their summaries."""
+    minions = {n: model["nodes"][n]["minion"] for n in nodes}
+    keyed = _accepted(minions.values())
+    asked = [m for m in minions.values() if m in keyed]
+    kwarg = {"name": LEGS_STATE_NAME, "import_wait": min(LEGS_IMPORT_WAIT, timeout), "test": dry_run}
+    answers = {}
+    try:
+        if asked:  # a publish that matches no minion prints a notice on stdout (breaking --out=json)
+            answers = client.cmd(asked, STATE_SINGLE_FUN, [LEGS_STATE], timeout=timeout, tgt_type="list",
+                                 full_return=True, kwarg=kwarg) or {}  # fmt: skip
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("xencluster.restore: the legs state publish failed: %s", exc)
+        answers = {}
+    return [_legs_summary(n, m, answers.get(m), m in keyed) for n, m in minions.items()]
+
+
+def _legs_back(client, model, node, dry_run, timeout):
+    """The leg state on ``node`` first (its exports), then on its partners (their logins to them): summaries."""
+    out = _legs_round(client, model, [node], dry_run, timeout)
+    partners = _partners(model, node)
+    if partners:
+        out += _legs_round(client, model, partners, dry_run, timeout)
+    for summary in [] if dry_run else out:  # a dry run's plan is its return: no progress line
+        if summary["errors"]:
+            _progress(f"FAILED: legs on {summary['node']}: {'; '.join(summary['errors'])}")
+        elif summary["actions"]:
+            _progress(f"legs on {summary['node']} took {summary['actions']} action(s): "
+                      f"{'; '.join(summary['lines'][1:])}")  # fmt: skip
+        else:
+            _progress(f"legs on {summary['node']}: converged")
+    return out
+
+
+def _undrain_verdict(node, entries, legs, flags):
+    """``(undrained now, why the node stays drained or None)``; ``flags``: dry_run and undrain."""
+    blockers = [f"the legs state failed on {s['node']}" for s in legs if not s["ok"]]
+    blockers += [f"{e['guest']} {OUTCOME_TEXT[e['outcome']]}" for e in entries if e["outcome"] not in BACK_OUTCOMES]
+    marked = node in _drained()
+    if blockers:
+        state = "stays drained" if marked else "is not drained, but it is not restored either"
+        return False, f"{node} {state}: {'; '.join(blockers)}"
+    if flags["dry_run"]:
+        return False, f"would undrain {node}" if marked else f"{node} is not drained"
+    if not flags["undrain"]:
+        return False, (f"{node} is left drained (undrain=False): salt-run xencluster.undrain {node} when it may take "
+                       "guests")  # fmt: skip
+    try:
+        changed = _set_drained(node, False)
+    except SaltCacheError as exc:
+        return False, f"{node} stays drained: the mark cannot be cleared: {exc}"
+    return changed, f"{node} undrained: it takes guests again" if changed else f"{node} was not drained"
+
+
+def _restore_settings(dry_run, allow_full_resync, timeouts):
+    timeout, check_timeout, resync_timeout = timeouts
+    return {"dry_run": dry_run, "allow_full_resync": allow_full_resync, "timeout": timeout,
+            "check_timeout": check_timeout, "resync_timeout": resync_timeout, "legs_pending": False}  # fmt: skip
+
+
+def _node_restore_out(node, dry_run):
+    """``restore``'s return before anything is known."""
+    return {"result": False, "retcode": 1, "node": node, "dry_run": dry_run, "legs": [], "guests": [],
+            "in_sync": [], "not_running": [], "unsettled": [], "undrained": False, "drained": None, "next": [],
+            "duration_s": 0.0, "message": ""}  # fmt: skip
+
+
+def _node_restore_end(out, code, message, started, fire):
+    """Close ``restore``'s return; ``finished`` fired after a real run that published."""
+    for entry in out["guests"]:
+        entry.pop("moving", None)
+    out.update(result=code == 0, retcode=code, message=message, duration_s=round(time.monotonic() - started, 1),
+               in_sync=[e["guest"] for e in out["guests"] if e["outcome"] == IN_SYNC],
+               not_running=[e["guest"] for e in out["guests"] if e["outcome"] == NOT_RUNNING],
+               unsettled=[e["guest"] for e in out["guests"] if e["outcome"] not in BACK_OUTCOMES])  # fmt: skip
+    out["next"] = [line for e in out["guests"] for line in e["next"]] + out["next"]
+    if code:
+        __context__["retcode"] = code
+        (log.error if code == 2 else log.warning)("xencluster.restore: %s", message)
+    if fire:
+        _fire_tag(f"{NODE_RESTORE_EVENT_BASE}/{out['node']}/finished", out)
+        _progress(message)
+    return out
+
+
+def _round_entries(model, node, facts):
+    """The guests with a leg on ``node``; those that cannot be worked on where they are get their outcome now."""
+    entries = [_returning_entry(item) for item in returning_guests(model, node, facts)]
+    for entry in entries:
+        verdict = _where_problem(entry, model["guests"][entry["guest"]])
+        if verdict:
+            entry.update(outcome=verdict[0], message=verdict[1])
+    return entries
+
+
+def _judge_all_returning(client, model, node, entries, facts, settings):
+    """Judge, then (a real run) attach and re-add, each running guest in name order: ``{guest: re-added at}``."""
+    since = {}
+    for entry in entries:
+        if entry["outcome"] is not None:
+            continue
+        _judge_returning(client, model, node, entry, facts[entry["on"]], settings)
+        if entry["outcome"] is not None:
+            if not settings["dry_run"]:
+                _progress(entry["message"])
+        elif settings["dry_run"]:
+            later = f" once the legs state has brought {'; '.join(entry['paths'])}" if entry["paths"] else ""
+            entry.update(outcome=WOULD_RE_ADD, message=f"{entry['guest']} on {entry['on']}: would "
+                         f"{_plan_text(entry)}{later}")  # fmt: skip
+        else:
+            _progress(f"{entry['guest']} on {entry['on']}: {_plan_text(entry)}")
+            _restore_returning(client, model, node, entry, settings)
+            since[entry["guest"]] = _clock()
+    return since
+
+
+def _restore_message(node, entries, verdict, dry_run):
+    """One line: each guest's outcome, then the drain verdict."""
+    by = {}
+    for entry in entries:
+        by.setdefault(entry["outcome"], []).append(entry["guest"])
+    parts = [f"{len(by[o])} {OUTCOME_TEXT[o]} ({', '.join(by[o])})" for o in OUTCOME_TEXT if o in by]
+    guests = ", ".join(parts) or f"no guest has a leg on {node}"
+    return f"{'dry run: ' if dry_run else ''}restoring {node}: {guests}; {verdict}"
+
+
+def restore(node, dry_run=False, timeout=DEFAULT_RESTORE_TIMEOUT, check_timeout=DEFAULT_VERIFY_TIMEOUT,
+            resync_timeout=DEFAULT_RESYNC_TIMEOUT, undrain=True, allow_full_resync=False, tgt=None,
+            tgt_type="glob"):  # fmt: skip
+    """
+    Bring ``node`` back after maintenance or after it was lost: its legs back in every guest's md RAID1, then undrain.
+
+    1. The model, as ``verify`` reads it; ``node`` must be a node of it.
+       ONE publish of ``xencluster_node.report`` and ``xencluster_xl.info``
+       to every node (the round ``recover`` makes, ``check_timeout`` s):
+       ``node`` must answer, every node must tell its domains, no domain may
+       run on two nodes (``ECLUSTERDOUBLERUN``: exit status 2). Nothing has
+       changed so far. The guests concerned are the model's guests with a
+       leg on ``node``: each one running is worked on where it runs; one
+       running nowhere (or shut down, crashed) is ``not_running`` (nothing
+       to re-add: its arrays assemble with both legs when it starts); one
+       being migrated, or running outside its pair, is refused.
+    2. The legs: ``state.single xencluster_leg.node_legs`` on ``node`` (its
+       LVs exported again, its imports), then ONE publish of it to its
+       partners (their logins to ``node``'s legs), each up to ``timeout``
+       s; every action and error is reported per node. Then the round again
+       (real run): the returning legs' stable paths where each guest runs (an
+       iSCSI LUN; the local LV on ``node`` itself) and where the guests run now.
+    3. Per running guest, in name order, its checks (no change): the disks of
+       ``/etc/xen/xencluster/<guest>.cfg`` on its node (read by
+       ``xencluster_xl.create_degraded``'s dry run: the vdev of each leg comes
+       from the file the guest state wrote), the stable paths,
+       ``xencluster_xl.block_attach`` with ``dry_run=True`` per returning leg
+       (``kept``: the domain has the disk, e.g. a guest that ran on through
+       the maintenance; ``attach``: ``recover`` started it without it), and
+       ``xencluster_md.status`` through the guest's minion (minion id = guest
+       name): each array holding the partner leg's device takes the returning
+       one back (faulty: removed first; an array without a write-intent bitmap
+       needs a FULL resync, refused unless ``allow_full_resync=True``). A
+       guest whose minion does not answer (or has no key) is ``silent``:
+       nothing is done to it, the others go on.
+    4. Not in a dry run: ``xl block-attach`` of the missing legs at their
+       vdev, a wait (``file.is_blkdev`` in the guest, ``check_timeout`` s) for
+       the devices to show, then ``xencluster_md.remove_leg`` (a faulty
+       member) and ``xencluster_md.re_add`` (``--re-add``: a bitmap resync,
+       only the blocks written while the leg was away; ``allow_full_resync``
+       passed on, so a refused re-add is never silently a full one).
+    5. The resync is followed: ONE ``xencluster_md.status`` publish per poll
+       (every 5 s) to the guests still resyncing, until every array they put
+       a leg back into is clean (all slots active, nothing to resync) or
+       ``resync_timeout`` s have passed (``resyncing``).
+    6. ``node`` is undrained (``undrain``) only when the legs state succeeded
+       on every node and every guest is ``in_sync`` or ``not_running``;
+       otherwise it stays drained and the return says why and what to do
+       (``next``). ``undrain=False`` leaves it drained in any case.
+
+    ``dry_run=True``: steps 1 and 3 and the legs state with ``test=True`` (its
+    planned actions); nothing is attached, re-added, fired or undrained. A
+    returning path the legs state still has to bring is then noted, not
+    refused.
+
+    Events (not in a dry run): ``xencluster/restore/<node>/started``
+    (``guests``, ``partners``), ``.../<guest>/resync`` at each poll
+    (``arrays``: ``state``, ``sync`` as ``xencluster_md.status`` gives it,
+    ``clean``; ``elapsed_s``), ``.../finished`` with the return (also after a
+    refused round). ``salt-run`` prints progress lines.
+
+    Returns ``{"result", "retcode", "node", "dry_run", "legs": [{"node",
+    "minion", "ok", "actions", "lines", "errors"}], "guests": [{"guest",
+    "outcome" (in_sync, would_re_add, not_running, resyncing, silent,
+    refused, failed), "on", "state", "legs": [{"leg", "disk", "path", "vdev",
+    "partner", "partner_vdev", "attach" (kept, attach, attached), "members":
+    [{"array", "device", "state", "bitmap", "action", "method"}]}], "paths",
+    "arrays": {md: {"devices", "method", "state", "first_sync", "last_sync",
+    "clean", "duration_s"}}, "duration_s", "message", "next"}], "in_sync",
+    "not_running", "unsettled", "undrained", "drained", "next", "duration_s",
+    "message"}``. ``retcode`` (salt-run's exit status): 0 when every guest is
+    in sync (or would be, or does not run) and the node is undrained (or
+    left drained by ``undrain=False``, or a dry run); 2 after a double run; 1
+    otherwise. md's progress counter (``first_sync``/``last_sync``) is a
+    position in the array: in a bitmap resync the clean chunks are skipped,
+    not copied. A bad argument or model is such a return, not an exception.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.restore node1 dry_run=True
+        salt-run xencluster.restore node1
+        salt-run xencluster.restore node1 resync_timeout=7200 undrain=False --out=json
+    """
+    started = time.monotonic()
+    out = _node_restore_out(node, dry_run is True)
+    try:
+        _check_node_restore_args(node, {"dry_run": dry_run, "undrain": undrain, "allow_full_resync": allow_full_resync},
+                                 (timeout, check_timeout, resync_timeout))  # fmt: skip
+        model = _evacuate_model(node, tgt, tgt_type)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError.
+        return _node_restore_end(out, 1, f"not restoring {node}: {exc}", started, False)
+    settings = _restore_settings(dry_run, allow_full_resync, (timeout, check_timeout, resync_timeout))
+    client = _local_client()
+    facts, told = _recover_round(client, model, check_timeout)
+    refusal = _node_restore_refusal(node, facts, told)
+    if refusal:
+        return _node_restore_end(out, refusal[0], f"{'would not restore' if dry_run else 'not restoring'} {node}: "
+                                 f"{refusal[1]}", started, not dry_run)  # fmt: skip
+    return _restore_node(client, model, node, out, facts, settings, (started, undrain))
+
+
+def _restore_node(client, model, node, out, facts, settings, run):
+    """``restore`` after a round that let it go on: legs, guests, resync, verdict."""
+    started, undrain = run
+    dry_run = settings["dry_run"]
+    out["drained"] = node in _drained()
+    if not dry_run:
+        names = [item["guest"] for item in returning_guests(model, node, facts)]
+        _fire_tag(f"{NODE_RESTORE_EVENT_BASE}/{node}/started", {"node": node, "guests": names,
+                                                                "partners": _partners(model, node)})  # fmt: skip
+        _progress(f"restoring {node}: legs of {', '.join(names) or 'no guest'}; the leg state on {node}, then on "
+                  f"{', '.join(_partners(model, node)) or 'no partner'}")  # fmt: skip
+    out["legs"] = _legs_back(client, model, node, dry_run, settings["timeout"])
+    settings["legs_pending"] = any(s["actions"] for s in out["legs"])
+    if not dry_run:  # the paths the legs state brought, and where the guests run now
+        facts, told = _recover_round(client, model, settings["check_timeout"])
+        refusal = _node_restore_refusal(node, facts, told)
+        if refusal:
+            return _node_restore_end(out, refusal[0], f"not restoring {node} after its legs: {refusal[1]}", started,
+                                     True)  # fmt: skip
+    out["guests"] = _round_entries(model, node, facts)
+    since = _judge_all_returning(client, model, node, out["guests"], facts, settings)
+    if since:
+        _follow_resync(client, node, [e for e in out["guests"] if e["outcome"] is None], since, settings)
+    _resync_messages(out["guests"], settings["resync_timeout"])
+    return _conclude(node, out, dry_run, undrain, started)
+
+
+def _resync_messages(entries, resync_timeout):
+    """The message of each guest whose resync was followed; the last poll's detail dropped from the return."""
+    for entry in entries:
+        if entry["outcome"] == IN_SYNC:
+            entry["message"] = _in_sync_message(entry)
+        elif entry["outcome"] == RESYNCING:
+            entry["message"] = f"{entry['guest']}: still resyncing after {resync_timeout} s: " + "; ".join(
+                f"{md} {_resync_text(rec)}" for md, rec in sorted(entry["arrays"].items()))  # fmt: skip
+        for rec in entry["arrays"].values():
+            rec.pop("now", None)
+
+
+def _conclude(node, out, dry_run, undrain, started):
+    """The drain verdict, the retcode and the message: ``restore``'s return (``finished`` after a real run)."""
+    undrained, verdict = _undrain_verdict(node, out["guests"], out["legs"], {"dry_run": dry_run, "undrain": undrain})
+    out.update(undrained=undrained, drained=node in _drained())
+    settled = all(e["outcome"] in BACK_OUTCOMES for e in out["guests"]) and all(s["ok"] for s in out["legs"])
+    # undrain=False: the operator keeps the node drained on purpose, which is no failure
+    ok = settled and (dry_run or not undrain or not out["drained"])
+    if settled and not ok:
+        out["next"].append(f"salt-run xencluster.undrain {node}")
+    return _node_restore_end(out, 0 if ok else 1, _restore_message(node, out["guests"], verdict, dry_run), started,
+                             not dry_run)  # fmt: skip
