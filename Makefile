@@ -44,7 +44,7 @@ test-integration: venv
 	$(PYTEST) tests/integration -q
 
 test-lab: host-deps venv
-	$(PYTEST) tests/lab_cluster -q -m lab
+	$(PYTEST) tests/lab_cluster -q -m lab --durations=0 --durations-min=30
 
 lab-build: host-deps venv
 	$(LAB) build

@@ -617,6 +617,13 @@ def _lab_modules():
     return config, nodes, state
 
 
+def _lab_master():
+    sys.path.insert(0, str(REPO))
+    from lab import master  # pylint: disable=import-outside-toplevel
+
+    return master
+
+
 def _say(started: float, msg: str) -> None:
     print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
 
@@ -648,11 +655,11 @@ class Lab:
         """salt through the lab master: (JSON return, seconds on the host around the call)."""
         tgt = ["-L", ",".join(target)] if isinstance(target, list) else [target]
         begun = time.perf_counter()
-        proc = self.lab("salt", *tgt, *argv, "--out=json", "--static", f"--timeout={int(timeout)}",
+        proc = self.lab("salt", *tgt, *argv, "--out=json", f"--timeout={int(timeout)}",
                         timeout=timeout + 120, check=False)
         seconds = time.perf_counter() - begun
         try:
-            data = json.loads(proc.stdout)
+            data = _lab_master().minion_returns(proc.stdout)
         except json.JSONDecodeError:
             raise BenchError(f"salt {' '.join(tgt)} {' '.join(argv)}: no JSON (exit {proc.returncode}):\n  "
                              f"{_tail(proc.stdout)}\n  {_tail(proc.stderr)}") from None

@@ -16,9 +16,9 @@ from .errors import LabError
 
 
 def _salt_json(argv: list[str], timeout: int = 300) -> dict:
-    proc = master.salt([*argv, "--out=json", "--static", f"--timeout={timeout}"], timeout=timeout + 60)
+    proc = master.salt([*argv, "--out=json", f"--timeout={timeout}"], timeout=timeout + 60)
     try:
-        return json.loads(proc.stdout or "{}")
+        return master.minion_returns(proc.stdout or "")
     except json.JSONDecodeError as exc:
         raise LabError(f"salt {' '.join(argv)} gave no JSON: {proc.stderr.strip()[-300:]}") from exc
 

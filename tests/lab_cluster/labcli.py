@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lab.master import minion_returns
+
 REPO = Path(__file__).resolve().parents[2]
 NODES = ["node1", "node2"]
 
@@ -30,11 +32,11 @@ def lab(*argv, timeout=1800, check=True):
 def salt(target, *argv, timeout=300):
     """Run a salt command through the lab master and return its JSON result."""
     proc = lab(
-        "salt", target, *argv, "--out=json", "--static", f"--timeout={timeout}",
+        "salt", target, *argv, "--out=json", f"--timeout={timeout}",
         timeout=timeout + 60, check=False,
     )
     try:
-        return json.loads(proc.stdout)
+        return minion_returns(proc.stdout)
     except json.JSONDecodeError as exc:
         raise AssertionError(
             f"salt {target} {' '.join(argv)}: no JSON (rc={proc.returncode})\n"

@@ -720,3 +720,12 @@ def test_a_tool_that_vanished_after_preflight_is_still_one_clear_line(monkeypatc
     monkeypatch.setattr(preflight.shutil, "which", lambda tool: None)
     with pytest.raises(PreflightError, match="apt-get install vde2"):
         qemu.run_checked(["vde_switch", "--help"], "starting the SAN switch")
+
+
+def test_minion_returns_merges_one_document_per_minion():
+    # `salt -L node1,node2 test.version --out=json` without --static, as printed in the lab
+    stdout = '{\n    "node2": "3008.3"\n}\n{\n    "node1": "3008.3"\n}'
+    assert master.minion_returns(stdout) == {"node1": "3008.3", "node2": "3008.3"}
+    assert master.minion_returns("") == {}
+    with pytest.raises(json.JSONDecodeError):
+        master.minion_returns("No minions matched the target.")
