@@ -13,18 +13,29 @@ Xen ``xl`` on xencluster dom0s: which guests run here, and what the host is.
   argument is validated before it reaches an argument list; nothing goes
   through a shell here (but ``xl migrate`` hands its ssh command and host to
   ``sh -c``, so both are held to strict patterns).
+* The ``stream`` migration transport (``migrate transport=stream``): an
+  unencrypted TCP stream over the SAN instead of ssh. ``stream_receive``
+  starts a one-shot ``socat`` listener on the target (its SAN address, the
+  source's address only, one connection, a bounded wait), ``migrate`` on the
+  source connects to it through the formula's connector script, and
+  ``stream_stop`` removes a listener left behind.
 
 Only loads on a dom0 (``/proc/xen/capabilities`` contains ``control_d``) that
 has the ``xl`` binary. Named ``xencluster_xl`` so it never shadows Salt's
 ``xen``/``virt`` modules.
 """
 
+import datetime
+import errno
 import ipaddress
 import json
 import logging
 import os
 import re
+import signal
+import socket
 import stat
+import subprocess
 import tempfile
 import time
 
@@ -236,6 +247,7 @@ _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 # plain words only, no shell metacharacters, the first word `ssh` or a path.
 _SSH_WORD = r"[A-Za-z0-9_./=:@,+-]+"
 _SSH_CMD_RE = re.compile(rf"(?:ssh|/[A-Za-z0-9_./+-]*)(?: {_SSH_WORD}){{0,31}}")
+TRANSPORTS = ("ssh", "stream")  # migrate's transports; "stream": see the end of this module
 _MEM_RE = re.compile(r"([1-9][0-9]{0,14})([KkMmGgTt])")
 _MEM_SHIFT = {"k": 10, "m": 20, "g": 30, "t": 40}
 _MAX_MEMORY = 1 << 46  # 64 TiB
@@ -499,10 +511,8 @@ def destroy(name):
 
 
 def _check_transport(transport, live):
-    if transport != "ssh":
-        raise SaltInvocationError(
-            f"transport {transport!r} is not implemented in this module yet (only 'ssh')"
-        )
+    if not isinstance(transport, str) or transport not in TRANSPORTS:
+        raise SaltInvocationError(f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}")
     if live is not True:
         raise SaltInvocationError(
             "xl migrate always migrates live (live=False is not supported); "
@@ -529,16 +539,48 @@ def _migrate_checks(name, host, domains):
     return {"name": name, "domid": dom["domid"], "type": dom["type"], "state": dom["state"], "host": host}
 
 
-def migrate(name, host, transport="ssh", ssh_command=None, live=True, dry_run=False):
+def migrate(name, host, transport="ssh", ssh_command=None, live=True, dry_run=False, stream_address=None,
+            stream_from=None):  # fmt: skip
     """
     Live-migrate a guest to another dom0 with ``xl migrate``.
 
     Before anything runs, one ``list_domains`` read refuses an unknown guest,
-    a guest that is not running (shut down, crashed, dying), and a PV guest (Debian's Xen has no shadow paging, so PV guests cannot be
-    live-migrated; use PVH or HVM). ``transport`` is ``ssh`` only for now:
-    ``xl migrate [-s <ssh_command>] <name> <host>``. xl passes the ssh command
-    and host to ``sh -c``, so both must be plain words. ``dry_run`` returns the
-    argv and the checks without migrating.
+    a guest that is not running (shut down, crashed, dying), and a PV guest
+    (Debian's Xen has no shadow paging, so PV guests cannot be live-migrated;
+    use PVH or HVM). ``host`` is the target dom0 (the name in ``checks``).
+
+    ``transport``:
+
+    * ``ssh`` (the default): ``xl migrate [-s <ssh_command>] <name> <host>``;
+      xl runs ``<ssh command> <host> xl migrate-receive`` and streams the
+      guest's memory through ssh (encrypted, authenticated by the root keys).
+      xl passes the ssh command and host to ``sh -c``, so both must be plain
+      words.
+    * ``stream``: ``xl migrate -s /usr/libexec/xencluster/xl-stream-connect
+      <name> <ip>:<port>``: the formula's connector (``socat``) carries the
+      stream over plain TCP to the one-shot listener that
+      ``stream_receive`` started on the target beforehand, at
+      ``stream_address`` (``<IPv4>:<port>`` or ``[<IPv6>]:<port>``, the
+      target's SAN address; an IPv6 address reaches the connector without its
+      brackets). No ssh cipher in the way (the issue reports ssh several
+      times slower than a raw stream), but the guest's memory crosses the
+      network UNENCRYPTED and UNAUTHENTICATED: for the SAN only. xl
+      migrate-receive's own messages stay in the target's log
+      (``stream_stop`` returns its tail), not in this call's stderr.
+      ``stream_from``, when given, must be the address this host's routing
+      uses towards ``stream_address`` (the only address the listener
+      accepts); it is checked before anything starts. The connector and
+      ``socat`` must be installed (the xencluster formula does both).
+
+    ``live`` must stay True (xl always migrates live). ``dry_run`` returns the
+    argv and the checks without migrating; for ``stream`` also the
+    target's listener command (``receive_argv``, with the default
+    ``accept_timeout``) for this host's source address.
+
+    Returns ``{"argv", "checks", "migrated"}``, after a migration also
+    ``"duration_s"`` (wall time of the ``xl migrate`` call); with ``stream``
+    also ``"transport"``, ``"stream_address"``, ``"source_address"`` and
+    ``"receive_argv"``.
 
     CLI Example:
 
@@ -546,18 +588,34 @@ def migrate(name, host, transport="ssh", ssh_command=None, live=True, dry_run=Fa
 
         salt node1 xencluster_xl.migrate web1 node2
         salt node1 xencluster_xl.migrate web1 node2 ssh_command='ssh -i /root/.ssh/xc' dry_run=True
+        salt node2 xencluster_xl.stream_receive 31000 192.168.100.2 192.168.100.1
+        salt node1 xencluster_xl.migrate web1 node2 transport=stream stream_address=192.168.100.2:31000
     """
     _check_name(name)
     _check_host(host)
     _check_transport(transport, live)
     _check_ssh_command(ssh_command)
+    stream = _check_stream_args(transport, ssh_command, stream_address, stream_from)
     _check_bool(dry_run, "dry_run")
     checks = _migrate_checks(name, host, list_domains())
-    argv = migrate_argv(name, host, ssh_command)
+    if stream is None:
+        result = {"argv": migrate_argv(name, host, ssh_command), "checks": checks}
+    else:
+        result = dict(_stream_plan(name, *stream), checks=checks)
     if dry_run:
-        return {"argv": argv, "checks": checks, "migrated": False}
-    _run(argv)
-    return {"argv": argv, "checks": checks, "migrated": True}
+        return dict(result, migrated=False)
+    started = time.monotonic()
+    try:
+        _run(result["argv"])
+    except CommandExecutionError as exc:
+        if stream is None:
+            raise
+        raise CommandExecutionError(
+            f"{exc} (the target's side: {_stream_log(stream[1])} there; its listener may still wait: "
+            f"xencluster_xl.stream_stop {stream[1]} on the target)",
+            info=exc.info,
+        ) from exc
+    return dict(result, migrated=True, duration_s=round(time.monotonic() - started, 3))
 
 
 def save(name, path, keep_running=False, overwrite=False):
@@ -988,3 +1046,442 @@ def create_degraded(config_file, without, dry_run=False, tmp_dir=None):
     finally:
         os.unlink(path)
     return dict(result, created=True, domid=created["domid"], state=created["state"])
+
+
+# --- the stream migration transport: plain TCP over the SAN instead of ssh ----------------------
+#
+# xl migrate -s <command> <domain> <host> runs  sh -c "exec <command> <host> xl migrate-receive [flags]"
+# and speaks the migration protocol over that child's stdin/stdout (tools/xl/xl_migrate.c). With
+# <command> the formula's connector and <host> "<ip>:<port>", the child is `socat - TCP4:<ip>:<port>`;
+# on the target a one-shot `socat TCP-LISTEN:... EXEC:"xl migrate-receive"` (stream_receive) takes
+# exactly one connection, from the source's address only, and runs its own fixed receive command:
+# the words xl appends for ssh are ignored. socat splits the EXEC string at blanks: no shell there.
+
+STREAM_CONNECTOR = "/usr/libexec/xencluster/xl-stream-connect"  # shipped by salt/xencluster (dom0.sls)
+STREAM_RECEIVE = "xl migrate-receive"
+STREAM_LOG_DIR = "/var/log/xen"
+STREAM_STATE_DIR = "/run/xencluster"
+PROC = "/proc"
+DEFAULT_ACCEPT_TIMEOUT = 60
+MAX_ACCEPT_TIMEOUT = 3600
+LISTEN_WAIT = 5  # seconds socat gets to listen
+STOP_WAIT = 5  # seconds a listener gets to exit after SIGTERM (then SIGKILL, as long again)
+STREAM_POLL = 0.05
+LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 65536
+_PORT_LOW, _PORT_HIGH = 1024, 65535
+
+_IP_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_IPV4_PORT = re.compile(r"([0-9]{1,3}(?:\.[0-9]{1,3}){3}):([1-9][0-9]{0,4})")
+_IPV6_PORT = re.compile(r"\[([0-9A-Fa-f:.]{2,45})\]:([1-9][0-9]{0,4})")
+_IN_USE, _NOT_HERE = "in use", "not an address of this host"
+_STARTED = {}  # pid -> Popen of the listeners this process started (reaped when stopped)
+
+
+def _which(command):
+    return salt.utils.path.which(command)
+
+
+def _check_port(port, what="port"):
+    return _check_int(port, what, _PORT_LOW, _PORT_HIGH)
+
+
+def _check_ip(value, what):
+    """An IPv4 or IPv6 address a stream may use (no zone index, not IPv4-mapped), as an ipaddress object."""
+    ip = None
+    if isinstance(value, str) and _IP_CHARS.fullmatch(value):
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            pass
+    if ip is None:
+        raise SaltInvocationError(f"invalid {what} (an IPv4 or IPv6 address, nothing else): {value!r}")
+    if ip.is_unspecified or ip.is_multicast or ip.is_link_local or getattr(ip, "ipv4_mapped", None) or (
+        ip.is_reserved and not ip.is_loopback
+    ):
+        raise SaltInvocationError(
+            f"{what} {ip} cannot carry a migration stream (unspecified, multicast, link-local, reserved "
+            "or IPv4-mapped)"
+        )
+    return ip
+
+
+def _same_family(first, second, what):
+    if first.version != second.version:
+        raise SaltInvocationError(f"{what}: {first} and {second} are not of the same IP version")
+
+
+def _check_stream_address(value):
+    """``(ip, port)`` of ``<IPv4>:<port>`` or ``[<IPv6>]:<port>``."""
+    match = None
+    if isinstance(value, str):
+        match = _IPV4_PORT.fullmatch(value) or _IPV6_PORT.fullmatch(value)
+    if match is None:
+        raise SaltInvocationError(f"invalid stream_address: {value!r} (<IPv4>:<port> or [<IPv6>]:<port>)")
+    ip = _check_ip(match.group(1), "stream_address")
+    if (ip.version == 6) != value.startswith("["):
+        raise SaltInvocationError(f"invalid stream_address: {value!r} (brackets around an IPv6 address only)")
+    return ip, _check_port(int(match.group(2)), "stream_address port")
+
+
+def _stream_text(ip, port):
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _check_stream_args(transport, ssh_command, stream_address, stream_from):
+    """``(ip, port, source ip or None)`` for the stream transport, None for ssh."""
+    if transport != "stream":
+        if stream_address is not None or stream_from is not None:
+            raise SaltInvocationError("stream_address and stream_from are for transport=stream only")
+        return None
+    if ssh_command is not None:
+        raise SaltInvocationError("ssh_command is for transport=ssh only")
+    if stream_address is None:
+        raise SaltInvocationError("transport=stream needs stream_address (<ip>:<port> of the target's listener)")
+    ip, port = _check_stream_address(stream_address)
+    source = None
+    if stream_from is not None:
+        source = _check_ip(stream_from, "stream_from")
+        _same_family(ip, source, "stream_address and stream_from")
+    return ip, port, source
+
+
+def _socat_ip(ip):
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+def _receive_argv(port, bind, allow_from, accept_timeout):
+    listen = "TCP6-LISTEN" if bind.version == 6 else "TCP4-LISTEN"
+    bits = 128 if bind.version == 6 else 32
+    address = (f"{listen}:{port},bind={_socat_ip(bind)},reuseaddr,accept-timeout={accept_timeout},"
+               f"range={_socat_ip(allow_from)}/{bits}")  # fmt: skip
+    return ["socat", "-d", "-d", address, f"EXEC:{STREAM_RECEIVE}"]
+
+
+def _check_receive_args(port, bind, allow_from, accept_timeout):
+    _check_port(port)
+    bind_ip, allow_ip = _check_ip(bind, "bind"), _check_ip(allow_from, "allow_from")
+    _same_family(bind_ip, allow_ip, "bind and allow_from")
+    _check_int(accept_timeout, "accept_timeout", 1, MAX_ACCEPT_TIMEOUT)
+    return bind_ip, allow_ip
+
+
+def stream_receive_argv(port, bind, allow_from, accept_timeout=DEFAULT_ACCEPT_TIMEOUT):
+    """
+    The argv of the target's one-shot migration listener (pure): what ``stream_receive`` starts.
+
+    ``socat -d -d TCP4-LISTEN:<port>,bind=<bind>,reuseaddr,accept-timeout=<s>,range=<allow_from>/32
+    EXEC:xl migrate-receive`` (``TCP6-LISTEN``, ``[...]`` and ``/128`` for IPv6).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_xl.stream_receive_argv 31000 192.168.100.2 192.168.100.1
+    """
+    bind_ip, allow_ip = _check_receive_args(port, bind, allow_from, accept_timeout)
+    return _receive_argv(port, bind_ip, allow_ip, accept_timeout)
+
+
+def _stream_log(port):
+    return os.path.join(STREAM_LOG_DIR, f"xencluster-stream-{port}.log")
+
+
+def _stream_state(port):
+    return os.path.join(STREAM_STATE_DIR, f"stream-{port}.json")
+
+
+def _bind_probe(ip, port):
+    """What binding ``ip`` port ``port`` as socat does (SO_REUSEADDR) meets: None (free), _IN_USE or _NOT_HERE."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((str(ip), port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # a listening socket holds it (or a socket without SO_REUSEADDR)
+                return _IN_USE
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return _NOT_HERE
+            raise CommandExecutionError(f"cannot check {_stream_text(ip, port)}: {exc}")
+    return None
+
+
+def _route_source(ip):
+    """The address this host's routing sends from towards ``ip`` (a UDP connect: nothing is sent)."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((str(ip), 9))
+            return ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+    except (OSError, ValueError) as exc:
+        raise CommandExecutionError(f"this host has no route to {ip}: {exc}")
+
+
+def _stream_plan(name, ip, port, stream_from):
+    """The source's side of a stream migration, checked: ``{"argv", "transport", ...}``."""
+    if not os.path.isfile(STREAM_CONNECTOR) or not os.access(STREAM_CONNECTOR, os.X_OK):
+        raise CommandExecutionError(
+            f"{STREAM_CONNECTOR} is missing or not executable on this host: the xencluster formula "
+            "installs it (state.apply xencluster.dom0)"
+        )
+    if not _which("socat"):
+        raise CommandExecutionError("socat is not installed on this host (the xencluster formula installs it)")
+    source = _route_source(ip)
+    if stream_from is not None and source != stream_from:
+        raise CommandExecutionError(
+            f"this host reaches {ip} from {source}, not from stream_from {stream_from}: the target's "
+            f"listener would refuse the connection"
+        )
+    return {
+        "argv": migrate_argv(name, f"{ip}:{port}", STREAM_CONNECTOR),
+        "transport": "stream",
+        "stream_address": _stream_text(ip, port),
+        "source_address": str(source),
+        "receive_argv": _receive_argv(port, ip, source, DEFAULT_ACCEPT_TIMEOUT),
+    }
+
+
+def _cmdline(pid):
+    try:
+        with open(os.path.join(PROC, str(pid), "cmdline"), "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    return [arg.decode("utf-8", "replace") for arg in raw.split(b"\0")[:-1]] if raw else None
+
+
+def _is_ours(pid, argv):
+    """True while ``pid`` is the listener started with ``argv`` (not exited, not a zombie, not a reused pid)."""
+    return _is_int(pid) and pid > 1 and _cmdline(pid) == list(argv)
+
+
+def _reap(pid):
+    proc = _STARTED.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _STARTED[pid]
+
+
+def _terminate(pid, argv):
+    """SIGTERM the listener, then SIGKILL; returns once it is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            _reap(pid)
+            return
+        deadline = time.monotonic() + STOP_WAIT
+        while True:
+            _reap(pid)
+            if not _is_ours(pid, argv):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(STREAM_POLL, remaining))
+    raise CommandExecutionError(f"the stream listener (pid {pid}) is still there after SIGKILL")
+
+
+def _log_tail(path, offset=0):
+    """The last lines ``path`` got after ``offset``."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(offset, fh.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+            data = fh.read()
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(data.decode("utf-8", "replace").strip().splitlines()[-LOG_TAIL_LINES:])
+
+
+def _read_state(port):
+    """The state file of the listener on ``port``, checked; None when there is none."""
+    path = _stream_state(port)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise CommandExecutionError(f"unreadable stream listener state {path}: {exc} (remove it)")
+    ok = (isinstance(state, dict) and state.get("port") == port and _is_int(state.get("pid"))
+          and isinstance(state.get("argv"), list) and all(isinstance(a, str) for a in state["argv"])
+          and isinstance(state.get("log"), str) and _is_int(state.get("offset")))  # fmt: skip
+    if not ok:
+        raise CommandExecutionError(f"unexpected stream listener state in {path}: {state!r:.200} (remove it)")
+    try:
+        state["bind_ip"] = _check_ip(state.get("bind"), f"bind in {path}")
+    except SaltInvocationError as exc:
+        raise CommandExecutionError(f"unexpected stream listener state: {exc} (remove it)")
+    return state
+
+
+def _write_state(port, state):
+    os.makedirs(STREAM_STATE_DIR, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".stream-", dir=STREAM_STATE_DIR)  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(state, fh, sort_keys=True)
+    os.replace(tmp, _stream_state(port))
+
+
+def _forget(port):
+    try:
+        os.unlink(_stream_state(port))
+    except FileNotFoundError:
+        pass
+
+
+def _start_listener(argv, log_path):
+    """Popen of socat, detached (a session of its own: it outlives this job), output to ``log_path``."""
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(log_path, "ab") as log_fh:
+        log_fh.write(f"--- {now} xencluster_xl.stream_receive: {' '.join(argv)}\n".encode())
+        log_fh.flush()
+        offset = log_fh.tell()
+        try:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                argv, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT, cwd="/",
+                close_fds=True, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot start {argv[0]}: {exc}", info={"argv": argv})
+    _STARTED[proc.pid] = proc
+    return proc, offset
+
+
+def _wait_listening(proc, argv, bind_ip, port, log_path, offset):
+    """Returns once socat listens; raises (with its log's tail) if it exits or does not listen in time."""
+    deadline = time.monotonic() + LISTEN_WAIT
+    where = _stream_text(bind_ip, port)
+    while True:
+        retcode = proc.poll()
+        if retcode is not None:
+            _STARTED.pop(proc.pid, None)
+            tail = _log_tail(log_path, offset)
+            raise CommandExecutionError(
+                f"the stream listener on {where} exited at once (rc {retcode}): {tail}",
+                info={"argv": argv, "retcode": retcode, "log": log_path, "log_tail": tail},
+            )
+        if _bind_probe(bind_ip, port) == _IN_USE:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _terminate(proc.pid, argv)
+            tail = _log_tail(log_path, offset)
+            raise CommandExecutionError(
+                f"socat did not listen on {where} within {LISTEN_WAIT} s (stopped): {tail}",
+                info={"argv": argv, "log": log_path, "log_tail": tail},
+            )
+        time.sleep(min(STREAM_POLL, remaining))
+
+
+def stream_receive(port, bind, allow_from, accept_timeout=DEFAULT_ACCEPT_TIMEOUT, dry_run=False):
+    """
+    Start the one-shot listener of a ``stream`` migration to this host (the target).
+
+    Runs ``socat -d -d TCP4-LISTEN:<port>,bind=<bind>,reuseaddr,accept-timeout=<accept_timeout>,
+    range=<allow_from>/32 EXEC:xl migrate-receive`` (``stream_receive_argv``),
+    detached from this job: it listens on ``bind`` only (this host's SAN
+    address), accepts the first connection from ``allow_from`` (the
+    source's SAN address; socat refuses and logs any other peer), hands it
+    to ``xl migrate-receive`` and exits when that migration ends. With no
+    connection within ``accept_timeout`` seconds (1-3600) it exits by
+    itself; socat restarts that wait after each refused peer, so stop it
+    with ``stream_stop`` when the migration is over or did not happen.
+
+    ``port`` is 1024-65535. Refused before anything starts: a ``bind`` that
+    is not an address of this host, a port in use on ``bind`` (checked by
+    binding it as socat does), a listener of ours still on that port, a
+    missing ``socat``. Then it waits up to 5 s for socat to listen; a socat
+    that exits at once raises CommandExecutionError with the tail of its
+    log. socat's and ``xl migrate-receive``'s messages go to
+    ``/var/log/xen/xencluster-stream-<port>.log`` (appended, one header line
+    per start); the listener's pid and argv to
+    ``/run/xencluster/stream-<port>.json`` for ``stream_stop``.
+
+    Returns ``{"port", "bind", "allow_from", "accept_timeout", "argv",
+    "log", "pid", "started"}``; ``dry_run=True`` checks and returns with
+    ``pid`` None and ``started`` False.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_xl.stream_receive 31000 192.168.100.2 192.168.100.1
+        salt node2 xencluster_xl.stream_receive 31000 fd00::2 fd00::1 accept_timeout=30 dry_run=True
+    """
+    bind_ip, allow_ip = _check_receive_args(port, bind, allow_from, accept_timeout)
+    _check_bool(dry_run, "dry_run")
+    argv = _receive_argv(port, bind_ip, allow_ip, accept_timeout)
+    log_path = _stream_log(port)
+    result = {"port": port, "bind": str(bind_ip), "allow_from": str(allow_ip), "accept_timeout": accept_timeout,
+              "argv": argv, "log": log_path, "pid": None, "started": False}  # fmt: skip
+    if not _which("socat"):
+        raise CommandExecutionError("socat is not installed on this host (the xencluster formula installs it)")
+    held = _read_state(port)
+    if held is not None and _is_ours(held["pid"], held["argv"]):
+        raise CommandExecutionError(
+            f"port {port}: the stream listener pid {held['pid']} is still there "
+            f"(xencluster_xl.stream_stop {port} first)"
+        )
+    problem = _bind_probe(bind_ip, port)
+    if problem == _NOT_HERE:
+        raise CommandExecutionError(f"bind {bind_ip} is {_NOT_HERE}: cannot listen on it")
+    if problem == _IN_USE:
+        raise CommandExecutionError(f"{_stream_text(bind_ip, port)} is in use on this host: not listening there")
+    if dry_run:
+        return result
+    proc, offset = _start_listener(argv, log_path)
+    _wait_listening(proc, argv, bind_ip, port, log_path, offset)
+    _write_state(port, {"port": port, "pid": proc.pid, "argv": argv, "bind": str(bind_ip),
+                        "allow_from": str(allow_ip), "log": log_path, "offset": offset})  # fmt: skip
+    return dict(result, pid=proc.pid, started=True)
+
+
+def stream_stop(port, force=False):
+    """
+    Stop the ``stream_receive`` listener on ``port`` if it is still there; a no-op otherwise.
+
+    A listener still waiting for its connection is stopped (SIGTERM, then
+    SIGKILL after 5 s). One that has accepted its connection carries a
+    migration: it is left alone unless ``force=True`` (which breaks that
+    migration; before xl's final handshake the source resumes the guest).
+    The process is only signalled while its command line is still the one
+    started (no reused pid is ever hit). The state file goes in any case
+    but the refused one.
+
+    Returns ``{"port", "pid", "stopped", "state", "log", "log_tail"}``:
+    ``state`` is ``absent`` (no listener recorded), ``exited`` (it had
+    ended: after its migration, or its ``accept_timeout``), ``listening``
+    or ``streaming`` (what it was doing when stopped); ``log_tail`` the last
+    lines of this listener's log (socat and ``xl migrate-receive``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_xl.stream_stop 31000
+    """
+    _check_port(port)
+    _check_bool(force, "force")
+    state = _read_state(port)
+    result = {"port": port, "pid": None, "stopped": False, "state": "absent", "log": _stream_log(port),
+              "log_tail": ""}  # fmt: skip
+    if state is None:
+        return result
+    pid, argv = state["pid"], state["argv"]
+    result.update(pid=pid, log=state["log"])
+    if not _is_ours(pid, argv):
+        _reap(pid)
+        _forget(port)
+        return dict(result, state="exited", log_tail=_log_tail(state["log"], state["offset"]))
+    listening = _bind_probe(state["bind_ip"], port) == _IN_USE
+    if not listening and not force:
+        raise CommandExecutionError(
+            f"the stream listener on port {port} (pid {pid}) has accepted its connection: a migration "
+            "is streaming through it; not stopping it (force=True would, and that migration would fail)"
+        )
+    _terminate(pid, argv)
+    _forget(port)
+    return dict(result, stopped=True, state="listening" if listening else "streaming",
+                log_tail=_log_tail(state["log"], state["offset"]))  # fmt: skip

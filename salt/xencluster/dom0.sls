@@ -1,4 +1,4 @@
-# xencluster dom0: packages, Xen settings, xenconsoled logging.
+# xencluster dom0: packages, Xen settings, xenconsoled logging, the stream migration connector.
 {%- from "xencluster/map.jinja" import dom0 with context %}
 
 xencluster-packages:
@@ -50,3 +50,18 @@ xencluster-xenconsoled:
       - file: xencluster-xen-console-log-dir
     - watch:
       - file: xencluster-xenconsoled-args
+
+# The connector of the "stream" migration transport (xencluster_xl.migrate transport=stream):
+# `xl migrate -s` runs it instead of ssh; it hands xl's stream to socat (in the packages), plain
+# TCP to the one-shot listener xencluster_xl.stream_receive starts on the target's SAN address.
+xencluster-xl-stream-connect:
+  file.managed:
+    - name: /usr/libexec/xencluster/xl-stream-connect
+    - source: salt://xencluster/files/xl-stream-connect
+    - user: root
+    - group: root
+    - mode: "0755"
+    - makedirs: True
+    - dir_mode: "0755"
+    - require:
+      - pkg: xencluster-packages

@@ -1,7 +1,8 @@
 # xencluster dom0 formula: everything a dom0 of the cluster needs, from the cluster model in
 # pillar (xencluster) and the host options in pillar (xencluster_dom0; see map.jinja).
 #
-#   dom0      packages, Xen settings (no guest starts by itself), xenconsoled logging
+#   dom0      packages, Xen settings (no guest starts by itself), xenconsoled logging, the
+#             connector of the stream migration transport
 #   hygiene   dom0 never touches guest data: LVM global_filter, no md auto-assembly (udev
 #             and initramfs), kernel modules
 #   storage   LIO restored at boot, iscsid config and initiator name, stable leg paths,

@@ -22,6 +22,7 @@ EXPECTED = {
     "xencluster-xen-console-log-dir": ("file", "directory"),
     "xencluster-xenconsoled-args": ("file", "replace"),
     "xencluster-xenconsoled": ("service", "running"),
+    "xencluster-xl-stream-connect": ("file", "managed"),
     "xencluster-lvm-global-filter": ("file", "managed"),
     "xencluster-md-udev-assembly-masked": ("file", "managed"),
     "xencluster-md-udev-reload": ("module", "run"),
@@ -175,6 +176,15 @@ def test_xendomains_is_stopped_and_masked(compiled):
     assert args(compiled["xencluster-xenconsoled-args"])["repl"] == (
         'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console --timestamp=guest"'
     )
+
+
+def test_the_stream_migration_connector_and_socat(compiled, cli):
+    connector = args(compiled["xencluster-xl-stream-connect"])
+    assert (connector["name"], connector["source"], connector["mode"]) == (
+        "/usr/libexec/xencluster/xl-stream-connect", "salt://xencluster/files/xl-stream-connect", "0755")
+    assert "socat" in args(compiled["xencluster-packages"])["pkgs"]
+    served = cli.run("cp.get_file_str", connector["source"], minion_tgt="node1")
+    assert isinstance(served.data, str) and served.data.startswith("#!/bin/sh\n"), served
 
 
 def test_host_options_from_the_command_line(node1, cli):

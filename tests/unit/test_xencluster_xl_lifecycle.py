@@ -453,9 +453,9 @@ def test_migrate_refuses_bad_ssh_commands(run_all, ssh_command):
     assert run_all.calls == []
 
 
-@pytest.mark.parametrize("transport", ["stream", "tcp", "SSH", None])
-def test_migrate_other_transports_are_not_implemented_yet(run_all, transport):
-    with pytest.raises(SaltInvocationError, match="not implemented in this module yet"):
+@pytest.mark.parametrize("transport", ["tcp", "SSH", "Stream", None])
+def test_migrate_other_transports_are_refused(run_all, transport):  # stream: test_xencluster_xl_stream.py
+    with pytest.raises(SaltInvocationError, match="transport must be one of ssh, stream"):
         xl.migrate("web1", "node2", transport=transport)
     assert run_all.calls == []
 
