@@ -110,6 +110,12 @@ MOUNT_BASE = "/run/xencluster-backup"
 SYS_BLOCK = "/sys/block"
 DETACH_WAIT = 3.0  # seconds a detached loop device may take to go (a udev probe may hold it a moment)
 ROOT_FS = "/"
+# udev's rule that runs `mdadm --incremental` on every new block device with an md superblock:
+# active, it assembles the backup SNAPSHOT in dom0 and holds it open. The formula masks it
+# (xencluster.hygiene) with a rule-less file of the same name in /etc/udev/rules.d.
+MD_ASSEMBLY_RULES = "64-md-raid-assembly.rules"
+UDEV_RULES_ETC = "/etc/udev/rules.d"
+UDEV_RULES_LIB = ("/lib/udev/rules.d", "/usr/lib/udev/rules.d")
 SECTOR = 512
 WARN_PERCENT = 80.0
 META_VERSION = 1
@@ -731,8 +737,47 @@ def _backup_args(vg, lv, dest, snapshot_size, fstype, partner, journal, snapshot
     }
 
 
+def _has_rules(path):
+    with open(path, encoding="utf-8", errors="replace") as rules:
+        return any(line.strip() and not line.lstrip().startswith("#") for line in rules)
+
+
+def md_autoassembly():
+    """
+    The udev rules file that makes this host assemble md arrays by itself, or None when none does.
+
+    A file of the same name in ``/etc/udev/rules.d`` overrides the packaged one: without rules (only
+    comments) or a link to ``/dev/null``, it masks it; with rules of its own it is the active one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 xencluster_backup.md_autoassembly
+    """
+    override = os.path.join(UDEV_RULES_ETC, MD_ASSEMBLY_RULES)
+    if os.path.islink(override) and os.path.realpath(override) == os.devnull:
+        return None
+    if os.path.isfile(override):
+        return override if _has_rules(override) else None
+    for directory in UDEV_RULES_LIB:
+        packaged = os.path.join(directory, MD_ASSEMBLY_RULES)
+        if os.path.isfile(packaged):
+            return packaged
+    return None
+
+
+def _autoassembly_problems(rules):
+    if rules is None:
+        return []
+    return [f"md auto-assembly is active on this host ({rules}): udev would assemble the snapshot's md "
+            f"superblock and hold the snapshot open; mask it first (the xencluster formula's "
+            f"xencluster.hygiene does: a rule-less {UDEV_RULES_ETC}/{MD_ASSEMBLY_RULES})"]  # fmt: skip
+
+
 def _query_backup(args):
     facts = {"leg": _leg_facts(args["vg"], args["lv"], args["snapshot"]), "dest": _dest_facts(args["dest"])}
+    facts["md_autoassembly"] = md_autoassembly()
     leg = facts["leg"]["lv"]
     facts["md"] = _examine_leg(leg)
     facts["partner"] = _examine(args["partner"]) if args["partner"] and facts["md"] else None
@@ -752,6 +797,7 @@ def _plan_backup(args, facts):
     if args["partner"] and facts["md"] and facts["md"]["role"] is not None:
         refused += _partner_problems(facts["md"], facts["partner"])
     refused += _dest_problems(args["dest"], facts["dest"], args["allow_root_fs"])
+    refused += _autoassembly_problems(facts.get("md_autoassembly"))
     stamp = _now().strftime(_STAMP_FORMAT)
     complete = facts["dest"].get("complete") or []
     previous = facts["dest"].get("latest") or (complete[0] if complete else None)

@@ -13,7 +13,7 @@ import json
 import os
 
 import pytest
-from labcli import NODES, lab
+from labcli import NODES, lab, salt
 
 
 def _cluster_running():
@@ -28,6 +28,23 @@ def _cluster_running():
     return all(nodes.get(n, {}).get("alive") for n in NODES)
 
 
+# What every module of the lab tier uses, checked once (a sync costs 10-40 s under TCG).
+EXTENSION = {"xencluster_xl", "xencluster_lvm", "xencluster_lio", "xencluster_iscsi", "xencluster_disk",
+             "xencluster_md", "xencluster_backup", "xencluster_node"}  # fmt: skip
+
+
+def _sync_extension():
+    """The extension's modules and runner on the dom0s and the master, once for the session."""
+    nodes = ",".join(NODES)
+    synced = salt(nodes, "saltutil.sync_all", "-L", timeout=600)
+    assert sorted(synced) == sorted(NODES) and all(isinstance(v, dict) for v in synced.values()), synced
+    lab("salt-run", "saltutil.sync_runners", timeout=300)
+    loaded = salt(nodes, "sys.list_modules", "-L")
+    for node in NODES:
+        missing = EXTENSION - set(loaded.get(node) or [])
+        assert not missing, f"{node} did not load {sorted(missing)}: {loaded.get(node)}"
+
+
 @pytest.fixture(scope="session")
 def lab_cluster():
     if os.geteuid() != 0:
@@ -38,6 +55,7 @@ def lab_cluster():
     lab("build", timeout=3600)
     lab("up", str(len(NODES)), timeout=1800)
     lab("master", timeout=900)
+    _sync_extension()
     yield NODES
     if not was_running and not os.environ.get("XENCLUSTER_LAB_KEEP"):
         lab("down", "--hard", "--wipe", timeout=600)

@@ -85,7 +85,6 @@ def test_extension_syncs_to_dom0s_and_runs(lab_cluster):
 
 
 def test_runner_locates_guests_across_dom0s(lab_cluster):
-    lab("salt-run", "saltutil.sync_runners")
     located = salt_run("xencluster.locate", "tgt=" + ",".join(lab_cluster), "tgt_type=list")
     assert located["double_runs"] == []
     assert located["no_answer"] == []

@@ -108,6 +108,9 @@ def host(tmp_path, monkeypatch):
     dest.mkdir(parents=True)
     # the root-filesystem check compares with a directory on another filesystem than tmp_path
     monkeypatch.setattr(backup, "ROOT_FS", "/proc")
+    # udev as the formula leaves it: no packaged md auto-assembly rule active (see its own tests)
+    monkeypatch.setattr(backup, "UDEV_RULES_ETC", str(tmp_path / "etc-udev"))
+    monkeypatch.setattr(backup, "UDEV_RULES_LIB", (str(tmp_path / "lib-udev"),))
     return {"dest": str(dest), "tmp": tmp_path, "clock": clock}
 
 
@@ -950,3 +953,52 @@ def test_a_lock_file_that_is_a_symlink_is_refused(run_all, lab_host):
         with backup._Lock(lab_host["dest"]):
             pass
     assert "lvcreate" not in run_all.commands()
+
+
+# --- md auto-assembly in dom0 (found in the lab: udev assembled the snapshot as md127) ---------
+
+PACKAGED_RULE = 'SUBSYSTEM=="block", ACTION=="add|change", IMPORT{program}="/sbin/mdadm --incremental --export $devnode"\n'
+
+
+def _rules(host, etc=None, lib=True):
+    etc_dir, lib_dir = host["tmp"] / "etc-udev", host["tmp"] / "lib-udev"
+    etc_dir.mkdir(exist_ok=True)
+    lib_dir.mkdir(exist_ok=True)
+    if lib:
+        (lib_dir / backup.MD_ASSEMBLY_RULES).write_text(PACKAGED_RULE)
+    if etc == "devnull":
+        (etc_dir / backup.MD_ASSEMBLY_RULES).symlink_to(os.devnull)
+    elif etc is not None:
+        (etc_dir / backup.MD_ASSEMBLY_RULES).write_text(etc)
+    return lib_dir / backup.MD_ASSEMBLY_RULES, etc_dir / backup.MD_ASSEMBLY_RULES
+
+
+def test_packaged_md_assembly_rule_unmasked_is_active(host):
+    packaged, _ = _rules(host)
+    assert backup.md_autoassembly() == str(packaged)
+
+
+@pytest.mark.parametrize("mask", ["# Managed by Salt (xencluster.hygiene). Deliberately without rules.\n\n", "",
+                                  "devnull"])
+def test_masked_md_assembly_rule_is_inactive(host, mask):
+    _rules(host, etc=mask)
+    assert backup.md_autoassembly() is None
+
+
+def test_a_custom_rule_of_the_same_name_is_active(host):
+    _, override = _rules(host, etc="# ours\n" + PACKAGED_RULE)
+    assert backup.md_autoassembly() == str(override)
+
+
+def test_no_rule_anywhere_is_inactive(host):
+    _rules(host, lib=False)
+    assert backup.md_autoassembly() is None
+
+
+def test_backup_is_refused_before_any_change_while_md_autoassembles(run_all, lab_host):
+    packaged, _ = _rules(lab_host)
+    plan = backup.backup_leg(VG, LEG, lab_host["dest"], fstype="ext4", dry_run=True)
+    assert any(str(packaged) in reason and "md auto-assembly" in reason for reason in plan["refused"]), plan
+    with pytest.raises(CommandExecutionError, match="md auto-assembly is active"):
+        backup.backup_leg(VG, LEG, lab_host["dest"], fstype="ext4")
+    assert [c for c in run_all.calls if c[0] in ("lvcreate", "lvm")] == [], run_all.calls
