@@ -334,6 +334,8 @@ def host(tmp_path, monkeypatch):
     monkeypatch.setattr(backup_mod, "_now", lambda: NOW)
     # the root-filesystem check compares with a directory on another filesystem than tmp_path
     monkeypatch.setattr(backup_mod, "ROOT_FS", "/proc")
+    # udev as the formula leaves a dom0: no md auto-assembly (the check has its own module tests)
+    monkeypatch.setattr(backup_mod, "UDEV_RULES_LIB", ())
     return {"root": str(root), "dest": f"{root}/bk1/db1/root"}
 
 
