@@ -13,6 +13,7 @@ code                 severity what
 ==================== ======== ===============================================
 ECLUSTERDOUBLERUN    critical a guest runs on two or more nodes at once
 EGUESTOUTSIDEPAIR    critical a guest runs on a node outside its disk pair
+EOPINTERRUPTED       error    a runner operation was interrupted (its salt-run is gone)
 ENODENOANSWER        error    a dom0 of the model did not answer
 ENODEUNAVAILABLE     error    a dom0 cannot report (xencluster_node not loaded)
 ENODEREPORT          error    a dom0's report, or one part of it, failed
@@ -62,16 +63,44 @@ lost node's guests degraded on their pair partners, after ``confirm_dead``.
 again, the returning legs re-added to each guest's md RAID1 (a bitmap
 resync), the resync followed until clean, then undrain. ``backup`` and
 ``restore_backup`` sync a guest's filesystems to its backup target and back.
+
+Safety (``_begin``/``_end``): every verb that changes the cluster locks what it
+works on in the master cache (bank ``xencluster/locks``: ``guest.<name>``,
+``node.<name>``) and keeps a journal record of the operation (bank
+``xencluster/ops``, key = op id, a Salt jid) updated at each step. A second
+call on a locked guest or node gets ``busy`` (``result`` False, retcode 1, the
+holder in ``busy``) and publishes nothing; a dry run takes no lock and writes
+nothing, but says busy too. Check-and-set is atomic across the runner
+processes of one master (an flock on ``<cachedir>/xencluster-ops.flock``). A
+lock or record whose owner process (pid, on this host) is gone is stale: its
+operation was interrupted (``salt-run`` killed, master rebooted). ``verify``
+reports it as ``EOPINTERRUPTED``; running the verb again takes the lock over,
+closes the old record with a note and finishes or cleans up (``migrate``
+looks where the guest runs now: ``resume_migrate``). ``ops`` lists the
+journal and the locks.
+
+==================== ========================================================
+lock                 taken by
+==================== ========================================================
+guest.<guest>        migrate (also each guest evacuate migrates), recover and
+                     restore (each guest while they work on it), backup,
+                     restore_backup (the guest and the ``into`` guest)
+node.<node>          evacuate, recover (the lost node), restore
+==================== ========================================================
 """
 
 import concurrent.futures
+import contextlib
 import contextvars
 import copy
 import datetime
+import fcntl
 import ipaddress
 import logging
 import math
+import os
 import re
+import socket
 import threading
 import time
 
@@ -79,6 +108,7 @@ import salt.cache
 import salt.client
 import salt.loader
 import salt.utils.event
+import salt.utils.jid
 import salt.utils.minions
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltCacheError
@@ -206,6 +236,7 @@ RETCODES = {CRITICAL: 2, ERROR: 1, WARNING: 0}
 
 ECLUSTERDOUBLERUN = "ECLUSTERDOUBLERUN"
 EGUESTOUTSIDEPAIR = "EGUESTOUTSIDEPAIR"
+EOPINTERRUPTED = "EOPINTERRUPTED"
 ENODENOANSWER = "ENODENOANSWER"
 ENODEUNAVAILABLE = "ENODEUNAVAILABLE"
 ENODEREPORT = "ENODEREPORT"
@@ -228,6 +259,7 @@ EGUESTRAIDUNKNOWN = "EGUESTRAIDUNKNOWN"
 CODES = {
     ECLUSTERDOUBLERUN: CRITICAL,
     EGUESTOUTSIDEPAIR: CRITICAL,
+    EOPINTERRUPTED: ERROR,
     ENODENOANSWER: ERROR,
     ENODEUNAVAILABLE: ERROR,
     ENODEREPORT: ERROR,
@@ -694,7 +726,8 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
          "guests": {domain name: [nodes it runs on]},
          "summary": {"critical": n, "error": n, "warning": n, "codes": {code: n},
                      "nodes": n, "guests": n (in the model), "domains": n (running),
-                     "model_from": minion id whose pillar gave the model}}
+                     "model_from": minion id whose pillar gave the model,
+                     "operations": [runner operations running now]}}
 
     ``salt-run`` exits with ``retcode`` (it reads that key of the return;
     ``__context__["retcode"]`` is set too, which marks the job unsuccessful
@@ -706,6 +739,13 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
 
     Where each guest was seen is kept in the master's cache for later runs
     (``_remember``/``_last_seen``, bank ``xencluster/last_seen``).
+
+    The runner's own operation journal (bank ``xencluster/ops``, no publish)
+    is read too: a running operation whose owner process is gone is an
+    ``EOPINTERRUPTED`` finding (what to run to finish or clean it up), one
+    whose owner runs is listed in ``summary["operations"]`` (``{"op",
+    "verb", "title", "step", "pid", "host", "started", "alive"}``; ``None``
+    when the journal cannot be read).
 
     CLI Example:
 
@@ -736,13 +776,15 @@ def verify(tgt=None, tgt_type="glob", timeout=None, guests=True, out=None):
         answers = _publish(client, [g for g in asked if g in keyed], MD_FUN, timeout)
         raid = {guest: answers.get(guest) for guest in asked}  # no key, no return: did not answer
     found, located = _evaluate(model, reports, raid)
+    interrupted, operations = _op_findings()  # the runner's own journal: no publish
+    found = sorted(found + interrupted, key=_sort_key)
     _remember(model, reports)
     result = {
         "ok": not any(f["severity"] in (CRITICAL, ERROR) for f in found),
         "retcode": retcode(found),
         "findings": found,
         "guests": located,
-        "summary": dict(summarize(found, located, model), model_from=source),
+        "summary": dict(summarize(found, located, model), model_from=source, operations=operations),
     }
     for f in found:
         if f["code"] == ECLUSTERDOUBLERUN:
@@ -973,6 +1015,440 @@ def _set_drained(node, flag):
     elif was and not flag:
         cache.flush(DRAINED_BANK, node)
     return was != flag
+
+
+# --- safety: one lock per guest and per node, the operation journal (the master's cache) ---------
+#
+# salt-run runs a runner in its own process: a salt-run killed with SIGKILL leaves its locks and its
+# journal record behind (its xl migrate may still complete on the minion). Each lock and record
+# names its owner (op id, verb, pid, host, start); an owner whose process is gone from this host is
+# stale: its operation was interrupted. Check-and-set of the locks is made atomic across the runner
+# processes of this master (and the threads of evacuate) by an exclusive flock on a file under the
+# master's cachedir; the records themselves live in the master cache (salt.cache.Cache: ``_ops_cache``).
+
+LOCKS_BANK = "xencluster/locks"  # key "guest.<name>" or "node.<name>": the owner
+OPS_BANK = "xencluster/ops"  # key: the op id; the journal record
+OPS_FLOCK = "xencluster-ops.flock"  # <cachedir>/<this>: the critical section of lock check-and-set
+OPS_KEEP = 50  # ended operations kept in the journal (the newest); running ones are always kept
+OP_EVENT_BASE = "xencluster/op"
+OP_RUNNING, OP_FINISHED, OP_FAILED, OP_INTERRUPTED = "running", "finished", "failed", "interrupted"
+OP_STEPS_KEPT = 40  # the last steps kept in a record (restore may have many)
+NODE_VERBS = ("evacuate", "recover", "restore")  # their subject is a node; the others' a guest
+# The parent operation of the migrations an evacuate runs (its worker threads copy the context).
+_OP_PARENT = contextvars.ContextVar("xencluster_op_parent", default=None)
+
+
+def _ops_cache():
+    """The master cache of the locks and the journal: ``salt.cache.Cache``, never the in-process MemCache.
+
+    ``salt.cache.factory`` returns a MemCache when ``memcache_expire_seconds`` is set; its reads
+    would not see a lock another runner process has just taken.
+    """
+    return salt.cache.Cache(__opts__)
+
+
+def _lock_key(kind, name):
+    """``guest.web1``, ``node.node1``: names are model NAMEs (no dot), so the key is unambiguous."""
+    return f"{kind}.{name}"
+
+
+def _proc_stat(pid):
+    """``(state, start time in clock ticks after boot)`` of process ``pid`` from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rpartition(")")[2].split()  # the command name may hold spaces and ')'
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner_fields():
+    """This process as the owner of a lock or record: pid, its start time (against pid reuse), host."""
+    pid = os.getpid()
+    stat = _proc_stat(pid)
+    return {"pid": pid, "pid_start": stat[1] if stat else None, "host": socket.gethostname()}
+
+
+def _alive(owner):
+    """
+    Whether the owner process of a lock or record still runs: True, False (gone: stale) or None.
+
+    None: it ran on another host (a master cache shared between masters), which cannot be told from
+    here; it counts as alive. Gone: no such pid on this host, a zombie, or a pid since reused by a
+    process that started at another time (``pid_start``, from /proc).
+    """
+    if not isinstance(owner, dict):
+        return False
+    if owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:  # no /proc: the pid exists
+        return True
+    state, start = stat
+    return state not in ("Z", "X") and owner.get("pid_start") in (None, start)
+
+
+def _when(ts):
+    """``2026-11-24 12:00:01 UTC`` of a unix time."""
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return "an unknown time"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+@contextlib.contextmanager
+def _ops_lock():
+    """The critical section of the locks and the journal: an exclusive flock on ``<cachedir>/xencluster-ops.flock``.
+
+    flock locks belong to an open file: two runner processes, or two threads each with its own
+    open, exclude each other; the kernel drops it when its holder dies (even by SIGKILL).
+    """
+    os.makedirs(__opts__["cachedir"], exist_ok=True)
+    fd = os.open(os.path.join(__opts__["cachedir"], OPS_FLOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _op_records(cache):
+    """``{op id: record}`` of the journal (records of another shape are skipped)."""
+    out = {}
+    for key in cache.list(OPS_BANK):
+        record = cache.fetch(OPS_BANK, key)
+        if isinstance(record, dict) and record.get("op") == key:
+            out[key] = record
+    return out
+
+
+def _prune_ops(cache, records, keep=OPS_KEEP):
+    """Drop the ended records but the ``keep`` newest (by end time); running ones stay. The ids dropped."""
+    ended = sorted((r for r in records.values() if r.get("status") != OP_RUNNING),
+                   key=lambda r: (r.get("ended") or 0, r["op"]), reverse=True)  # fmt: skip
+    dropped = [r["op"] for r in ended[keep:]]
+    for op_id in dropped:
+        cache.flush(OPS_BANK, op_id)
+    return dropped
+
+
+def _new_op_id(taken):
+    """A Salt jid (``salt.utils.jid.gen_jid``, ``<UTC time>_<pid>``) not in ``taken``."""
+    op_id = salt.utils.jid.gen_jid(dict(__opts__, unique_jid=True))
+    while op_id in taken:
+        time.sleep(0.000001)
+        op_id = salt.utils.jid.gen_jid(dict(__opts__, unique_jid=True))
+    return op_id
+
+
+def _holder(cache, key, lock):
+    """What a busy answer says of the holder of ``key``: the lock's owner, titled by its journal record."""
+    record = cache.fetch(OPS_BANK, lock.get("op")) if isinstance(lock.get("op"), str) else None
+    title = (record or {}).get("title") or lock.get("title") or lock.get("verb")
+    kind, _, name = key.partition(".")
+    return {"key": key, "kind": kind, "name": name, "op": lock.get("op"), "verb": lock.get("verb"), "title": title,
+            "pid": lock.get("pid"), "host": lock.get("host"), "started": lock.get("started"),
+            "step": (record or {}).get("step"), "alive": _alive(lock)}  # fmt: skip
+
+
+def _busy_message(holder):
+    text = (f"busy: {holder['name']} is locked by {holder['title']} (op {holder['op']}, pid {holder['pid']} on "
+            f"{holder['host']}, since {_when(holder['started'])})")  # fmt: skip
+    if holder["alive"] is None:
+        text += (f"; it ran on another host: whether it still runs cannot be told here (once it is certainly "
+                 f"gone: salt-run cache.flush {LOCKS_BANK} {holder['key']})")  # fmt: skip
+    return text
+
+
+def _held(cache, keys, op_id=None):
+    """The first of ``keys`` held by a live operation other than ``op_id``: its holder (with ``message``), or None."""
+    for key in keys:
+        lock = cache.fetch(LOCKS_BANK, key)
+        if not isinstance(lock, dict) or not lock or lock.get("op") == op_id:
+            continue
+        holder = _holder(cache, key, lock)
+        if holder["alive"] is not False:
+            holder["message"] = _busy_message(holder)
+            return holder
+    return None
+
+
+def _busy(keys):
+    """A dry run's look at ``keys`` (no lock taken, nothing written): the live holder, or None."""
+    try:
+        return _held(_ops_cache(), keys)
+    except SaltCacheError as exc:
+        log.warning("xencluster: cannot read the locks %s: %s", ", ".join(keys), exc)
+        return None
+
+
+def _store_locks(cache, op, keys, taken_over):
+    owner = {k: op[k] for k in ("op", "verb", "title", "pid", "pid_start", "host")}
+    for key in keys:
+        lock = cache.fetch(LOCKS_BANK, key)
+        if isinstance(lock, dict) and lock and lock.get("op") != op["op"]:
+            taken_over.append({"key": key, "op": lock.get("op"), "verb": lock.get("verb"), "pid": lock.get("pid"),
+                               "host": lock.get("host"), "started": lock.get("started")})  # fmt: skip
+            log.warning("xencluster: %s: the lock of %s (op %s, pid %s on %s) is stale: taken over by op %s", key,
+                        lock.get("title"), lock.get("op"), lock.get("pid"), lock.get("host"), op["op"])
+        cache.store(LOCKS_BANK, key, dict(owner, started=int(time.time())))
+
+
+def _rerun(verb, args):
+    """The command that finishes or cleans up an interrupted operation: the verb run again, same subject."""
+    if verb == "migrate":
+        return " ".join(["salt-run xencluster.migrate", args["guest"]] + ([args["target"]] if args.get("target")
+                                                                           else []))  # fmt: skip
+    if verb == "recover":
+        return f"salt-run xencluster.recover {args['node']} confirm_dead={args['node']}"
+    if verb == "backup":
+        return "salt-run xencluster.backup " + ("all=True" if args.get("guest") is None else args["guest"])
+    if verb == "restore_backup":
+        extra = "".join(f" {k}={args[k]}" for k in ("backup", "into", "node") if args.get(k))
+        return f"salt-run xencluster.restore_backup {args['guest']} {args['disk']}{extra} confirm=True"
+    return f"salt-run xencluster.{verb} {args['node']}"
+
+
+def _begin(verb, subject, args, keys, title):
+    """
+    Start an operation: ``(op, None)``, its locks taken and its journal record written; or ``(None, refusal)``.
+
+    Under the flock: a key held by a live operation refuses (``refusal`` is the holder, with
+    ``message``: busy); a stale one is taken over (``op["taken_over"]``). The ended records
+    beyond ``OPS_KEEP`` are pruned. ``op`` is the record (bank ``xencluster/ops``, key
+    ``op["op"]``): ``{"op", "verb", "subject", "title", "args", "keys", "parent", "node",
+    "guest", "rerun", "pid", "pid_start", "host", "started", "updated", "status", "step",
+    "steps", "detail", "ended", "message", "note", "taken_over"}``. A cache that cannot be used
+    refuses too (``refusal`` without ``op``).
+    """
+    node_verb = verb in NODE_VERBS
+    op = None
+    try:
+        cache = _ops_cache()
+        with _ops_lock():
+            holder = _held(cache, keys)
+            if holder is not None:
+                return None, holder
+            records = _op_records(cache)
+            _prune_ops(cache, records)
+            now = int(time.time())
+            op = {"op": _new_op_id(records), "verb": verb, "subject": subject, "title": title, "args": args,
+                  "keys": list(keys), "parent": _OP_PARENT.get(), "node": subject if node_verb else None,
+                  "guest": None if node_verb or subject == "all" else subject.split("/")[0],
+                  "rerun": _rerun(verb, args), **_owner_fields(), "started": now, "updated": now,
+                  "status": OP_RUNNING, "step": "started", "steps": [{"step": "started", "at": now}], "detail": {},
+                  "ended": None, "message": None, "note": None, "taken_over": []}  # fmt: skip
+            cache.store(OPS_BANK, op["op"], op)  # the record first: a lock never exists without its record
+            _store_locks(cache, op, keys, op["taken_over"])
+            cache.store(OPS_BANK, op["op"], op)
+    except (SaltCacheError, OSError) as exc:
+        log.error("xencluster.%s: cannot take the lock of %s: %s", verb, subject, exc)
+        if op is not None:  # nothing ran: no record must be left to look interrupted later
+            _end(op, {"result": False, "message": f"cannot lock {subject}: {exc}"})
+        return None, {"message": f"cannot lock {subject} in the master cache: {exc}"}
+    return op, None
+
+
+def _save_op(op):
+    """Write ``op``'s record; a failure is only logged (the journal must not stop the operation)."""
+    op["updated"] = int(time.time())
+    try:
+        _ops_cache().store(OPS_BANK, op["op"], op)
+    except SaltCacheError as exc:
+        log.warning("xencluster: cannot write the journal record of op %s: %s", op["op"], exc)
+
+
+def _op_step(op, step, **detail):
+    """Record that ``op`` reached ``step`` (``detail`` is merged into ``op["detail"]``); no-op without op."""
+    if op is None:
+        return
+    op["step"] = step
+    op["steps"] = (op["steps"] + [dict(detail, step=step, at=int(time.time()))])[-OP_STEPS_KEPT:]
+    op["detail"].update(detail)
+    _save_op(op)
+
+
+def _release_locks(cache, op_id, keys):
+    """Flush those of ``keys`` that ``op_id`` holds (under the flock)."""
+    with _ops_lock():
+        for key in keys:
+            lock = cache.fetch(LOCKS_BANK, key)
+            if isinstance(lock, dict) and lock.get("op") == op_id:
+                cache.flush(LOCKS_BANK, key)
+
+
+def _lock(op, keys):
+    """Take ``keys`` for ``op`` in mid-run (a guest of recover, restore, backup all=True): a refusal, or None."""
+    try:
+        cache = _ops_cache()
+        with _ops_lock():
+            holder = _held(cache, keys, op["op"])
+            if holder is not None:
+                return holder
+            _store_locks(cache, op, keys, op["taken_over"])
+    except (SaltCacheError, OSError) as exc:
+        log.error("xencluster.%s: cannot lock %s: %s", op["verb"], ", ".join(keys), exc)
+        return {"message": f"cannot lock {', '.join(keys)} in the master cache: {exc}"}
+    op["keys"] = sorted(set(op["keys"]) | set(keys))
+    _save_op(op)
+    return None
+
+
+def _unlock(op, keys):
+    """Release ``keys`` taken by ``_lock``; a failure is logged (a stale lock is taken over later)."""
+    try:
+        _release_locks(_ops_cache(), op["op"], keys)
+    except (SaltCacheError, OSError) as exc:
+        log.warning("xencluster: cannot release %s of op %s: %s", ", ".join(keys), op["op"], exc)
+    op["keys"] = [k for k in op["keys"] if k not in keys]
+    _save_op(op)
+
+
+def _gate(op, keys, dry_run):
+    """The lock of a guest in mid-run: a dry run only looks (``_busy``), a real run takes it (``_lock``)."""
+    return _busy(keys) if dry_run or op is None else _lock(op, keys)
+
+
+def _end(op, result):
+    """Close ``op``: finished (``result["result"]``) or failed (no result: it raised); then release its locks."""
+    if op is None:
+        return
+    ok = isinstance(result, dict) and result.get("result") is True
+    message = result.get("message") if isinstance(result, dict) else "the runner raised an exception (master log)"
+    op.update(status=OP_FINISHED if ok else OP_FAILED, ended=int(time.time()), message=message)
+    _op_step(op, op["status"])
+    try:
+        _release_locks(_ops_cache(), op["op"], op["keys"])
+    except (SaltCacheError, OSError) as exc:
+        log.warning("xencluster: cannot release the locks of op %s: %s", op["op"], exc)
+
+
+def _interrupted_ops(verb, subject, op=None):
+    """The journal's running records of ``verb`` on ``subject`` whose owner is gone, oldest first (read only)."""
+    try:
+        records = _op_records(_ops_cache())
+    except SaltCacheError as exc:
+        log.warning("xencluster: cannot read the operation journal: %s", exc)
+        return []
+    mine = (op or {}).get("op")
+    return sorted((r for r in records.values() if r.get("status") == OP_RUNNING and r.get("verb") == verb
+                   and r.get("subject") == subject and r["op"] != mine and _alive(r) is False),
+                  key=lambda r: r["op"])  # fmt: skip
+
+
+def _interrupted_text(record):
+    """``migrate web1->node2 (op ..., pid 1234 on master1, started ..., last step ... at ...)``."""
+    return (f"{record.get('title')} (op {record.get('op')}, pid {record.get('pid')} on {record.get('host')}, "
+            f"started {_when(record.get('started'))}, last step {record.get('step')} at "
+            f"{_when(record.get('updated'))})")  # fmt: skip
+
+
+def _earlier(records, dry_run, op):
+    """Tell of the interrupted operations a verb found (event, progress; not in a dry run): their summaries."""
+    out = []
+    for record in records:
+        out.append({"op": record["op"], "title": record.get("title"), "step": record.get("step"),
+                    "started": record.get("started"), "pid": record.get("pid"), "host": record.get("host")})
+        if dry_run:
+            continue
+        _fire_tag(f"{OP_EVENT_BASE}/{record['op']}/interrupted", dict(out[-1], verb=record.get("verb"),
+                  subject=record.get("subject"), by=op["op"]))  # fmt: skip
+        _progress(f"found the interrupted {_interrupted_text(record)}: its owner is gone")
+    return out
+
+
+def _close_op(record, status, note, op):
+    """Close an interrupted record (``finished`` or ``interrupted``) with ``note``; its leftover locks released."""
+    record.update(status=status, note=note, ended=int(time.time()), closed_by=op["op"],
+                  message=record.get("message") or note)  # fmt: skip
+    record["steps"] = (record.get("steps") or []) + [{"step": f"closed: {status}", "at": record["ended"],
+                                                      "by": op["op"]}]  # fmt: skip
+    _save_op(record)
+    try:
+        _release_locks(_ops_cache(), record["op"], record.get("keys") or [])
+    except (SaltCacheError, OSError) as exc:
+        log.warning("xencluster: cannot release the locks of op %s: %s", record["op"], exc)
+    _fire_tag(f"{OP_EVENT_BASE}/{record['op']}/closed", {"op": record["op"], "title": record.get("title"),
+                                                         "status": status, "note": note, "by": op["op"]})
+    _progress(f"{record.get('title')} (op {record['op']}) closed: {note}")
+
+
+def _close_earlier(records, note, op):
+    """A re-run that takes over the work of earlier interrupted records of its verb closes them with ``note``."""
+    for record in records:
+        _close_op(record, OP_INTERRUPTED, f"interrupted at {record.get('step')}; {note}", op)
+
+
+def _op_findings():
+    """EOPINTERRUPTED per running record whose owner is gone; the running operations alive (verify's summary)."""
+    try:
+        records = _op_records(_ops_cache())
+    except SaltCacheError as exc:
+        log.warning("xencluster.verify: cannot read the operation journal: %s", exc)
+        return [], None
+    found, live = [], []
+    for record in sorted(records.values(), key=lambda r: r["op"]):
+        if record.get("status") != OP_RUNNING:
+            continue
+        alive = _alive(record)
+        if alive is False:
+            found.append(_finding(EOPINTERRUPTED, f"operation {_interrupted_text(record)} was interrupted: its "
+                                  f"owner is gone; re-run `{record.get('rerun')}` to finish or clean up",
+                                  node=record.get("node"), guest=record.get("guest")))  # fmt: skip
+        else:
+            live.append({"op": record["op"], "verb": record.get("verb"), "title": record.get("title"),
+                         "step": record.get("step"), "pid": record.get("pid"), "host": record.get("host"),
+                         "started": record.get("started"), "alive": alive})  # fmt: skip
+    return found, live
+
+
+def ops(limit=20):
+    """
+    The operation journal and the locks, from the master cache (read only).
+
+    Returns ``{"running": [records whose owner runs], "interrupted": [running records whose
+    owner is gone: what verify reports as EOPINTERRUPTED], "ended": [the ``limit`` newest ended
+    records], "locks": {key: owner with "alive"}}``. Each verb that changes the cluster (migrate,
+    evacuate, recover, restore, backup, restore_backup; not in a dry run) writes a record
+    (bank ``xencluster/ops``) and locks the guests and nodes it works on (bank
+    ``xencluster/locks``); the last 50 ended records are kept.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.ops
+        salt-run xencluster.ops limit=5 --out=json
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= OPS_KEEP:
+        __context__["retcode"] = 1
+        return {"result": False, "retcode": 1, "message": f"limit must be a whole number from 0 to {OPS_KEEP}: "
+                f"{limit!r}"}  # fmt: skip
+    try:
+        cache = _ops_cache()
+        records = _op_records(cache)
+        locks = {key: cache.fetch(LOCKS_BANK, key) for key in sorted(cache.list(LOCKS_BANK))}
+    except SaltCacheError as exc:
+        __context__["retcode"] = 1
+        return {"result": False, "retcode": 1, "message": f"cannot read the operation journal: {exc}"}
+    running = [r for r in records.values() if r.get("status") == OP_RUNNING]
+    ended = sorted((r for r in records.values() if r.get("status") != OP_RUNNING),
+                   key=lambda r: (r.get("ended") or 0, r["op"]), reverse=True)  # fmt: skip
+    return {
+        "result": True, "retcode": 0,
+        "running": sorted((r for r in running if _alive(r) is not False), key=lambda r: r["op"]),
+        "interrupted": sorted((r for r in running if _alive(r) is False), key=lambda r: r["op"]),
+        "ended": ended[:limit],
+        "locks": {key: dict(lock, alive=_alive(lock)) for key, lock in locks.items() if isinstance(lock, dict)},
+    }  # fmt: skip
 
 
 # --- migrate: one guest to the other node of its pair, live ----------------------------------
@@ -1458,6 +1934,7 @@ def _execute(client, model, plan, timeout, check_timeout, transport):
     nodes = model["nodes"]
     _fire(guest, "started", {"guest": guest, "source": source, "target": target, "timeout": timeout})
     _progress(f"{guest}: xl migrate from {source} to {target} (up to {timeout} s)")
+    _op_step(plan.get("op"), "xl_migrate_started")
     started = time.monotonic()
     kind, ret = _migrate_call(client, nodes[source]["minion"], guest, target, transport, timeout)
     duration = round(time.monotonic() - started, 1)
@@ -1466,6 +1943,7 @@ def _execute(client, model, plan, timeout, check_timeout, transport):
         _progress(f"{guest}: {problem}; looking where it runs")
     lists = _domain_lists(client, nodes, (source, target), check_timeout)
     ok, where, seen = whereabouts(guest, source, target, lists, plan["state"])
+    _op_step(plan.get("op"), "post_checked", ok=ok, where=where)
     if ok:
         note = f" ({problem}, but the post-check finds it moved)" if problem else ""
         return True, where, f"{guest} migrated from {source} to {target} in {duration} s{note}", duration
@@ -1497,6 +1975,21 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
        name), waiting up to ``timeout`` seconds; then ONE ``list_domains``
        publish to source and target: the guest must run on the target and be
        gone from the source. Nothing is ever retried.
+
+    The guest is locked (``guest.<guest>``) and the operation journaled
+    (steps ``prechecked``, ``xl_migrate_started``, ``post_checked``) from
+    before the pre-check round to the end. A guest another live operation
+    holds: ``busy`` (the holder), nothing published. A migration of the guest
+    that was interrupted (its ``salt-run`` gone) is settled from the
+    pre-check round (``resume_migrate``): interrupted before ``xl migrate``,
+    or the guest still only on its source: closed (cleaned up), and this run
+    migrates; the guest only on the recorded target: closed as completed,
+    and nothing is migrated unless ``target`` names another node; a
+    migration still in flight (``--incoming``/``--migratedaway``): refused,
+    the record stays open; a double run: the pre-checks refuse. The return
+    then has ``"interrupted": [{"op", "title", "step", "started", "pid",
+    "host", "status" (what it is closed with, ``running``: left open),
+    "note"}]``.
 
     Events on the master's bus (not in a dry run):
     ``xencluster/migrate/<guest>/prechecked`` (``result``, ``checks``),
@@ -1531,25 +2024,138 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
     return _migrate_one(_local_client(), model, guest, target, dry_run, timeout, transport, check_timeout)
 
 
+# The steps of a migrate record after which xl migrate may have moved the guest.
+MIGRATE_CHANGED = ("xl_migrate_started", "post_checked")
+
+
+def _migrate_title(guest, target):
+    return f"migrate {guest}->{target}" if target else f"migrate {guest}"
+
+
+def resume_migrate(guest, target, earlier, facts):
+    """
+    What a re-run of migrate does with the interrupted migrate records of ``guest`` (pure).
+
+    ``earlier``: the records (``_interrupted_ops``), ``facts``: the pre-check round. Returns
+    ``(closes, stop)``: ``closes`` ``[(record, status, note)]`` to close now; ``stop`` None (go
+    on with the pre-checks), ``("done", why)`` (the guest runs on the recorded target, the one
+    asked: nothing to migrate) or ``("refuse", why)`` (a migration still in flight). A record
+    interrupted before ``xl migrate`` changed nothing: cleaned up. After it: the guest only on
+    the recorded target, completed (``finished``); only on the source, cleaned up; anywhere
+    else (on both: a double run; nowhere; not known) the record stays open and the pre-checks
+    refuse.
+    """
+    plain, moving = _sightings(guest, facts)
+    known = all(fact["domains"] is not None for fact in facts.values())
+    closes, stop = [], None
+    for record in earlier:
+        detail, step = record.get("detail") or {}, record.get("step")
+        source, dest = detail.get("source"), detail.get("target")
+        if step not in MIGRATE_CHANGED:
+            closes.append((record, OP_INTERRUPTED, f"interrupted at {step}, before xl migrate: nothing had changed; "
+                           "cleaned up"))  # fmt: skip
+        elif moving:
+            names = "; ".join(f"{', '.join(sorted(names))} on {node}" for node, names in sorted(moving.items()))
+            stop = ("refuse", f"a migration of {guest} is still in flight ({names}) from the interrupted "
+                    f"{_interrupted_text(record)}: its xl migrate may still run on {source}; wait until it ends "
+                    f"(salt-run xencluster.verify), then re-run `{record.get('rerun')}`")  # fmt: skip
+        elif not known:
+            continue
+        elif list(plain) == [dest] and plain[dest].get("state") not in STOPPED:
+            closes.append((record, OP_FINISHED, f"completed by re-run: {guest} runs on {dest}"))
+            if target in (None, dest) and stop is None:
+                stop = ("done", f"{guest} runs on {dest}: the interrupted migration to {dest} (op {record['op']}) "
+                        "had completed; nothing to migrate")  # fmt: skip
+        elif list(plain) == [source]:
+            closes.append((record, OP_INTERRUPTED, f"interrupted, guest still on {source}: cleaned up"))
+    return closes, stop
+
+
+def _resume_entries(earlier, closes):
+    """The return's ``interrupted``: each earlier record, with the status it is closed with (running: left open)."""
+    closing = {record["op"]: (status, note) for record, status, note in closes}
+    return [dict(summary, status=closing.get(summary["op"], (OP_RUNNING, None))[0],
+                 note=closing.get(summary["op"], (None, "left open"))[1])
+            for summary in _earlier(earlier, True, None)]  # fmt: skip
+
+
+def _busy_result(guest, target, refusal):
+    """migrate's return when the guest's lock is held (``busy``) or cannot be taken: nothing published."""
+    log.warning("xencluster.migrate: %s", refusal["message"])
+    extra = {"busy": refusal} if "op" in refusal else {}
+    return _result(False, guest, None, target, [], False, [], refusal["message"], **extra)
+
+
 def _migrate_one(client, model, guest, target, dry_run, timeout, transport, check_timeout):
-    """``migrate`` after its arguments and model are checked (``evacuate`` calls it per guest)."""
+    """
+    ``migrate`` after its arguments and model are checked (``evacuate`` calls it per guest), under the guest's lock.
+
+    A real run takes the lock ``guest.<guest>`` and writes its journal record (``_begin``;
+    busy: nothing is published), and closes both whatever happens (``_end``). A dry run takes
+    no lock and writes nothing, but says busy just the same.
+    """
+    keys = [_lock_key("guest", guest)]
+    settings = (dry_run, timeout, transport, check_timeout)
+    if dry_run:
+        holder = _busy(keys)
+        return _busy_result(guest, target, holder) if holder else _migrate_locked(client, model, None, guest, target,
+                                                                                   settings)  # fmt: skip
+    op, refusal = _begin("migrate", guest, {"guest": guest, "target": target}, keys, _migrate_title(guest, target))
+    if refusal:
+        return _busy_result(guest, target, refusal)
+    result = None
+    try:
+        result = _migrate_locked(client, model, op, guest, target, settings)
+        return result
+    finally:
+        _end(op, result)
+
+
+def _migrate_done(guest, closes, stop, extra):
+    """The return of a re-run that finds the interrupted migration completed: nothing migrated."""
+    record = next(r for r, status, _n in closes if status == OP_FINISHED)
+    detail = record.get("detail") or {}
+    return _result(True, guest, detail.get("source"), detail.get("target"), [], False, [detail.get("target")],
+                   stop[1], **extra)  # fmt: skip
+
+
+def _migrate_locked(client, model, op, guest, target, settings):
+    """The pre-check round, what to do with interrupted records of the guest, the pre-checks, xl migrate."""
+    dry_run, timeout, transport, check_timeout = settings
     facts = _precheck_round(client, model, guest, target, check_timeout)
+    earlier = _interrupted_ops("migrate", guest, op)
+    closes, stop = resume_migrate(guest, target, earlier, facts)
+    extra = {"interrupted": _resume_entries(earlier, closes)} if earlier else {}
+    if not dry_run:
+        _earlier(earlier, False, op)
+        for record, status, note in closes:
+            _close_op(record, status, note, op)
+    if stop and stop[0] == "done":
+        if not dry_run:
+            _progress(f"{guest}: {stop[1]}")
+        return _migrate_done(guest, closes, stop, extra)
     checks, source, target = prechecks(model, guest, target, facts, _drained())
     passed = all(c["ok"] for c in checks)
+    verb = "would not migrate" if dry_run else "not migrating"
     if dry_run:
         if not passed:
-            return _result(False, guest, source, target, checks, False, *_refusal(guest, checks, facts, True))
+            where, message = _refusal(guest, checks, facts, True)
+            message = f"{verb} {guest}: {stop[1]}" if stop else message
+            return _result(False, guest, source, target, checks, False, where, message, **extra)
         message = f"would migrate {guest} from {source} to {target}"
-        return _result(True, guest, source, target, checks, False, [source], message)
+        return _result(True, guest, source, target, checks, False, [source], message, **extra)
+    op["title"] = _migrate_title(guest, target)
+    _op_step(op, "prechecked", source=source, target=target, passed=passed)
     _fire(guest, "prechecked", {"guest": guest, "source": source, "target": target, "result": passed,
                                 "checks": checks})  # fmt: skip
     if not passed:
         where, message = _refusal(guest, checks, facts, False)
+        message = f"{verb} {guest}: {stop[1]}" if stop else message
         _progress(message)
-        return _result(False, guest, source, target, checks, False, where, message)
+        return _result(False, guest, source, target, checks, False, where, message, **extra)
     _progress(f"{guest}: pre-checks passed ({len(checks)})")
     state = facts[source]["domains"][guest].get("state")
-    plan = {"guest": guest, "source": source, "target": target, "state": state}
+    plan = {"guest": guest, "source": source, "target": target, "state": state, "op": op}
     ok, where, message, duration = _execute(client, model, plan, timeout, check_timeout, transport)
     end = {"guest": guest, "source": source, "target": target, "result": ok, "where": where,
            "duration_s": duration, "message": message}  # fmt: skip
@@ -1557,7 +2163,7 @@ def _migrate_one(client, model, guest, target, dry_run, timeout, transport, chec
     _progress(f"{guest}: {message}")
     if not ok:
         log.error("xencluster.migrate: %s", message)
-    return _result(ok, guest, source, target, checks, True, where, message, duration_s=duration)
+    return _result(ok, guest, source, target, checks, True, where, message, duration_s=duration, **extra)
 
 
 # --- evacuate / undrain: a node in and out of maintenance ------------------------------------
@@ -1769,6 +2375,13 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
     ``dry_run=True`` marks nothing and migrates nothing: the plan, each
     guest's pre-checks (``migrate``'s dry run) and whether it would fail.
 
+    The node is locked (``node.<node>``) for the whole run, each guest while
+    it migrates (``migrate``'s own lock and journal record, whose parent is
+    this operation). A node another live operation holds: ``busy``, nothing
+    published or marked. An interrupted evacuation of the node is resumed:
+    its record is closed and the guests still on the node are migrated now;
+    its interrupted migrations of guests no longer there are closed.
+
     Events on the master's bus (none in a dry run):
     ``xencluster/evacuate/<node>/started`` (``plan``, ``unknown``,
     ``concurrency``, ``on_failure``), ``.../guest/<guest>`` as each migration
@@ -1797,10 +2410,40 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
     try:
         _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout)
         model = _evacuate_model(node, tgt, tgt_type)
-        marked = _mark_drained(node, dry_run)
-    except (SaltInvocationError, CommandExecutionError, SaltCacheError) as exc:
+    except (SaltInvocationError, CommandExecutionError) as exc:
         log.error("xencluster.evacuate: not evacuating: %s", exc)
         return _evacuation(False, node, False, started, f"not evacuating {node}: {exc}")
+    settings = (concurrency, on_failure, timeout, check_timeout)
+    keys = [_lock_key("node", node)]
+    if dry_run:
+        holder = _busy(keys)
+        if holder:
+            return _evacuation(False, node, False, started, holder["message"], busy=holder)
+        return _evacuate_node(model, node, None, settings, started)
+    op, refusal = _begin("evacuate", node, {"node": node, "concurrency": concurrency, "on_failure": on_failure},
+                         keys, f"evacuate {node}")  # fmt: skip
+    if refusal:
+        log.warning("xencluster.evacuate: %s", refusal["message"])
+        return _evacuation(False, node, False, started, refusal["message"],
+                           **({"busy": refusal} if "op" in refusal else {}))  # fmt: skip
+    result = None
+    try:
+        result = _evacuate_node(model, node, op, settings, started)
+        return result
+    finally:
+        _end(op, result)
+
+
+def _evacuate_node(model, node, op, settings, started):
+    """``evacuate`` after its arguments and model are checked; under the node's lock (``op``), or a dry run (None)."""
+    dry_run = op is None
+    _concurrency, _on_failure, timeout, check_timeout = settings
+    try:
+        marked = _mark_drained(node, dry_run)
+    except SaltCacheError as exc:
+        log.error("xencluster.evacuate: not evacuating: %s", exc)
+        return _evacuation(False, node, False, started, f"not evacuating {node}: {exc}")
+    _op_step(op, "drained")
     client = _local_client()
     domains, why = _node_domains(client, model, node, check_timeout)
     if domains is None:
@@ -1810,9 +2453,52 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
             _fire_evacuate(node, "finished", result)
         return result
     plan, unknown = evacuation_plan(model, node, domains)
+    earlier = _interrupted_ops("evacuate", node, op)
     if dry_run:
-        return _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started)
-    return _evacuate_run(model, node, plan, unknown, (concurrency, on_failure, timeout, check_timeout), started)
+        result = _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started)
+        if earlier:
+            result["interrupted"] = _earlier(earlier, True, None)
+        return result
+    _resume_evacuate(node, plan, earlier, op)
+    _op_step(op, "listed", plan=[{"guest": g, "to": t} for g, t in plan], unknown=unknown)
+    token = _OP_PARENT.set(op["op"])  # the migrations it runs name it as their parent
+    try:
+        result = _evacuate_run(model, node, plan, unknown, settings, started)
+    finally:
+        _OP_PARENT.reset(token)
+    if earlier:
+        result["interrupted"] = _earlier(earlier, True, None)
+    return result
+
+
+def _interrupted_children(parent):
+    """The interrupted migrate records an (interrupted) evacuate ran: their ``parent`` is its op id."""
+    try:
+        records = _op_records(_ops_cache())
+    except SaltCacheError as exc:
+        log.warning("xencluster: cannot read the operation journal: %s", exc)
+        return []
+    return sorted((r for r in records.values() if r.get("parent") == parent and r.get("status") == OP_RUNNING
+                   and _alive(r) is False), key=lambda r: r["op"])  # fmt: skip
+
+
+def _resume_evacuate(node, plan, earlier, op):
+    """
+    Take over interrupted evacuations of ``node``: the guests still there are simply migrated now.
+
+    Each earlier evacuate record is closed (resumed by this op). Its interrupted migrations of a
+    guest still on the node are left to the migrate path (``resume_migrate``: it finds them
+    itself); those of a guest no longer there are closed here.
+    """
+    _earlier(earlier, False, op)
+    planned = {guest for guest, _target in plan}
+    for record in earlier:
+        for child in _interrupted_children(record["op"]):
+            if child.get("subject") not in planned:
+                _close_op(child, OP_INTERRUPTED, f"interrupted at {child.get('step')}; closed by evacuate {node} "
+                          f"(op {op['op']}): {child.get('subject')} is no longer on {node}", op)  # fmt: skip
+    _close_earlier(earlier, f"resumed by op {op['op']}: the guests still on {node} are migrated now "
+                   f"({_arrows(plan)})", op)  # fmt: skip
 
 
 def undrain(node):
@@ -2294,7 +2980,13 @@ def _end_one(node, entry, code):
 
 
 def _start_all(client, model, node, entries, settings):
-    """Start each planned guest in turn; after a double run, nothing more. The worst retcode seen."""
+    """
+    Start each planned guest in turn, under its lock; after a double run, nothing more. The worst retcode seen.
+
+    ``settings``: ``(timeout, check_timeout, op)``. A guest another live operation holds is
+    refused (busy), the others go on.
+    """
+    timeout, check_timeout, op = settings
     worst = 0
     for entry in entries:
         if entry["outcome"] is not None:
@@ -2303,7 +2995,18 @@ def _start_all(client, model, node, entries, settings):
             _refuse_all([entry], f"{ECLUSTERDOUBLERUN}: a DOUBLE RUN was seen during the recovery: nothing more "
                         "is started", False)  # fmt: skip
             continue
-        worst = max(worst, _start_one(client, model, node, entry, settings))
+        guest, keys = entry["guest"], [_lock_key("guest", entry["guest"])]
+        refusal = _lock(op, keys)
+        if refusal:
+            entry.update(outcome=REFUSED, message=f"not starting {guest}: {refusal['message']}")
+            _progress(entry["message"])
+            continue
+        try:
+            _op_step(op, f"starting {guest}", guest=guest)
+            worst = max(worst, _start_one(client, model, node, entry, (timeout, check_timeout)))
+            _op_step(op, f"{entry['outcome']} {guest}")
+        finally:
+            _unlock(op, keys)
     return worst
 
 
@@ -2422,6 +3125,12 @@ def recover(node, confirm_dead=None, dry_run=False, allow_drained=False, timeout
     Restoring redundancy once ``node`` is back (re-adding its legs to each
     guest's md RAID1) is another verb; this one only starts guests.
 
+    The lost node is locked (``node.<node>``) for the whole run, each guest
+    while it is started (one another live operation holds is refused, busy);
+    a node another operation holds: ``busy``, nothing published. An
+    interrupted recovery of the node is closed by the re-run, which simply
+    does the work again (a guest that runs already is skipped).
+
     CLI Example:
 
     .. code-block:: bash
@@ -2439,10 +3148,45 @@ def recover(node, confirm_dead=None, dry_run=False, allow_drained=False, timeout
         # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError.
         log.error("xencluster.recover: not recovering: %s", exc)
         return _recovery(node, dry_run is True, started, code=1, message=f"not recovering {node}: {exc}")
+    settings = (allow_drained, timeout, check_timeout)
+    keys = [_lock_key("node", node)]
+    if dry_run:
+        holder = _busy(keys)
+        if holder:
+            return dict(_recovery(node, True, started, code=1, message=holder["message"]), busy=holder)
+        return _recover_node(model, node, None, settings, started)
+    op, refusal = _begin("recover", node, {"node": node, "allow_drained": allow_drained}, keys, f"recover {node}")
+    if refusal:
+        log.warning("xencluster.recover: %s", refusal["message"])
+        result = _recovery(node, False, started, code=1, message=refusal["message"])
+        return dict(result, busy=refusal) if "op" in refusal else result
+    result = None
+    try:
+        result = _recover_node(model, node, op, settings, started)
+        return result
+    finally:
+        _end(op, result)
+
+
+def _busy_guests(entries, dry_run):
+    """A dry run's look at the lock of each guest it would start: a guest a live operation holds would not start."""
+    for entry in entries:
+        if dry_run and entry["outcome"] == WOULD_START:
+            holder = _busy([_lock_key("guest", entry["guest"])])
+            if holder:
+                entry.update(outcome=REFUSED, on=None,
+                             message=f"would not start {entry['guest']}: {holder['message']}")
+
+
+def _recover_node(model, node, op, settings, started):
+    """``recover`` after its arguments and model are checked; under the lost node's lock (``op``), or a dry run."""
+    dry_run = op is None
+    allow_drained, timeout, check_timeout = settings
     client = _local_client()
     facts, told = _recover_round(client, model, check_timeout)
     last = _last_seen_on(node)
     refusal = _round_refusal(node, facts, told)
+    _op_step(op, "round", refused=bool(refusal))
     if refusal:
         guests, unknown = lost_guests(model, node, last["guests"])
         entries = [_entry(g, why, node, _check_in_pair(g, model["guests"][g], node)[1], model["guests"][g])
@@ -2453,20 +3197,29 @@ def recover(node, confirm_dead=None, dry_run=False, allow_drained=False, timeout
         if not dry_run:
             _progress(message)
         return _recovery(node, dry_run, started, entries, unknown, last, code=refusal[0], message=message)
+    earlier = _interrupted_ops("recover", node, op)
+    if not dry_run:
+        _earlier(earlier, False, op)
+        _close_earlier(earlier, f"re-run by op {op['op']}: recover is idempotent (a guest that runs already is "
+                       "skipped)", op)  # fmt: skip
     try:
         # Before anything starts: the lost node takes no guest (migrate refuses it) until restored.
         marked = _mark_drained(node, dry_run)
     except SaltCacheError as exc:
         log.error("xencluster.recover: not recovering %s: cannot mark it drained: %s", node, exc)
         return _recovery(node, dry_run, started, code=1, message=f"not recovering {node}: cannot mark it drained: {exc}")
+    _op_step(op, "drained")
     entries, unknown = _plan_recovery(client, model, node, facts, last,
                                       (_drained(), allow_drained, dry_run, check_timeout))  # fmt: skip
+    _busy_guests(entries, dry_run)
     code = None
     if not dry_run:
         _progress(f"recovering {node}: {sum(e['outcome'] is None for e in entries)} guest(s) to start degraded")
-        code = _start_all(client, model, node, entries, (timeout, check_timeout)) or None
+        code = _start_all(client, model, node, entries, (timeout, check_timeout, op)) or None
     result = _recovery(node, dry_run, started, entries, unknown, last, code=code if code == 2 else None)
     result["drained"] = marked
+    if earlier:
+        result["interrupted"] = _earlier(earlier, True, None)
     if not dry_run:
         _progress(result["message"])
     return result
@@ -2975,6 +3728,29 @@ def _backup_result(entries, dry_run, started, message=None):
     }  # fmt: skip
 
 
+def _backup_gated(client, model, plan, vol, settings):
+    """
+    One guest's backup under its lock: with ``all=True`` each guest is locked while it is backed up.
+
+    A named guest was locked when the operation began (``settings["locked"]``). A guest another
+    live operation holds is refused (busy); a dry run only looks.
+    """
+    guest, op, dry_run = plan["guest"], settings["op"], settings["dry_run"]
+    keys = [_lock_key("guest", guest)]
+    if settings["locked"]:
+        _op_step(op, f"backing up {guest}", guest=guest)
+        return _backup_guest(client, model, plan, vol, settings)
+    refusal = _gate(op, keys, dry_run)
+    if refusal:
+        return _refuse_guest(_guest_entry(plan), [refusal["message"]], dry_run)
+    try:
+        _op_step(op, f"backing up {guest}", guest=guest)
+        return _backup_guest(client, model, plan, vol, settings)
+    finally:
+        if not dry_run:
+            _unlock(op, keys)
+
+
 def _judge_all(client, model, guests, every, settings):
     """Each guest's entry, one guest at a time (a guest that opted out is skipped under ``all=True``)."""
     plans = [backup_plan(model, guest) for guest in guests]
@@ -2985,7 +3761,7 @@ def _judge_all(client, model, guests, every, settings):
             entry = _guest_entry(plan)
             entries.append(dict(entry, outcome=SKIPPED, message=f"{plan['guest']}: {plan['problems'][0]}"))
             continue
-        entry = _backup_guest(client, model, plan, volumes.get(plan["node"]), settings)
+        entry = _backup_gated(client, model, plan, volumes.get(plan["node"]), settings)
         if entry["outcome"] == REFUSED and not settings["dry_run"]:
             # a scheduled backup that cannot run must be heard, like one that fails
             _fire_tag(f"{BACKUP_EVENT_BASE}/{plan['guest']}/failed", entry)
@@ -3039,6 +3815,11 @@ def backup(guest=None, all=False, dry_run=False, timeout=DEFAULT_BACKUP_TIMEOUT,
        the model's ``backup.retention`` (``daily``/``weekly``/``monthly``).
        A snapshot that overflowed fails its disk, reported with its usage.
 
+    The guest is locked (``guest.<guest>``) for the run; with ``all=True``
+    each guest while it is backed up (one another live operation holds is
+    refused, busy). A named guest another operation holds: ``busy``,
+    nothing published.
+
     Events (not in a dry run): ``xencluster/backup/<guest>/started``, then
     ``.../finished`` or ``.../failed`` with the guest's entry; a guest
     refused in a real run fires ``.../failed`` too (a scheduled backup that
@@ -3078,9 +3859,40 @@ def backup(guest=None, all=False, dry_run=False, timeout=DEFAULT_BACKUP_TIMEOUT,
         log.error("xencluster.backup: not backing up: %s", exc)
         return _backup_result([], dry_run is True, started, message=f"not backing up: {exc}")
     settings = {"dry_run": dry_run, "timeout": timeout, "check_timeout": check_timeout, "journal": journal,
-                "snapshot_size": snapshot_size, "retention": dict(model["backup"]["retention"])}  # fmt: skip
+                "snapshot_size": snapshot_size, "retention": dict(model["backup"]["retention"]), "op": None,
+                "locked": guest is not None and not dry_run}  # fmt: skip
+    keys = [_lock_key("guest", guest)] if guest is not None else []
+    if dry_run:
+        holder = _busy(keys)
+        if holder:
+            return dict(_backup_result([], True, started, message=holder["message"]), busy=holder)
+        return _backup_run(model, guest, every, settings, started)
+    subject = guest if guest is not None else "all"
+    settings["op"], refusal = _begin("backup", subject, {"guest": guest}, keys, f"backup {subject}")
+    if refusal:
+        log.warning("xencluster.backup: %s", refusal["message"])
+        result = _backup_result([], False, started, message=refusal["message"])
+        return dict(result, busy=refusal) if "op" in refusal else result
+    result = None
+    try:
+        result = _backup_run(model, guest, every, settings, started)
+        return result
+    finally:
+        _end(settings["op"], result)
+
+
+def _backup_run(model, guest, every, settings, started):
+    """``backup`` after its arguments and model are checked; a real run under its op (``settings["op"]``)."""
+    dry_run, op = settings["dry_run"], settings["op"]
+    earlier = _interrupted_ops("backup", guest if guest is not None else "all", op)
+    if earlier and not dry_run:
+        _earlier(earlier, False, op)
+        _close_earlier(earlier, f"re-run by op {op['op']}: a snapshot it left is reported by verify "
+                       "(ELEGSNAPSHOT)", op)  # fmt: skip
     entries = _judge_all(_local_client(), model, _backup_guests(model, guest), every, settings)
     result = _backup_result(entries, dry_run, started)
+    if earlier:
+        result["interrupted"] = _earlier(earlier, True, None)
     if not dry_run:
         _progress(result["message"])
     return result
@@ -3460,6 +4272,9 @@ def restore_backup(guest, disk, backup=None, into=None, node=None, confirm=False
     Events (a run that got to step 6): ``xencluster/restore_backup/<guest>/started``,
     then ``.../finished`` or ``.../failed`` with the return.
 
+    ``guest`` and the ``into`` guest are locked from before the live check to
+    the end; one another live operation holds: ``busy``, nothing published.
+
     Returns ``{"result", "retcode", "outcome" (restored, would_restore,
     refused, failed), "dry_run", "guest", "disk", "into": {"guest",
     "disk"}, "backup", "node", "leg", "other_leg", "checks": [{"check",
@@ -3494,17 +4309,53 @@ def restore_backup(guest, disk, backup=None, into=None, node=None, confirm=False
     if plan["problems"]:
         return _restore_end(out, REFUSED, f"{verb}: {'; '.join(plan['problems'])}", started)
     settings = {"dry_run": dry_run, "timeout": timeout, "check_timeout": check_timeout}
+    keys = sorted({_lock_key("guest", guest), _lock_key("guest", into[0])})
+    if dry_run:
+        holder = _busy(keys)
+        if holder:
+            return dict(_restore_end(out, REFUSED, holder["message"], started), busy=holder)
+        return _restore_backup_run(model, out, plan, settings, started)
+    args = {"guest": guest, "disk": disk, "backup": backup, "into": "/".join(into) if into != (guest, disk) else None,
+            "node": node}  # fmt: skip
+    op, refusal = _begin("restore_backup", "/".join(into), args, keys,
+                         f"restore_backup {guest}/{disk} into {'/'.join(into)}")  # fmt: skip
+    if refusal:
+        log.warning("xencluster.restore_backup: %s", refusal["message"])
+        result = _restore_end(out, REFUSED, refusal["message"], started)
+        return dict(result, busy=refusal) if "op" in refusal else result
+    result = None
+    try:
+        result = _restore_backup_run(model, out, plan, dict(settings, op=op), started)
+        return result
+    finally:
+        _end(op, result)
+
+
+def _restore_backup_run(model, out, plan, settings, started):
+    """``restore_backup`` after its arguments, model and plan are checked; a real run under its op."""
+    dry_run, op = settings["dry_run"], settings.get("op")
+    guest, disk = out["guest"], out["disk"]
+    verb = "would not restore" if dry_run else "not restoring"
     client = _local_client()
     found, problems = _restore_checks(client, model, out, plan, settings)
     out["plan"] = (found or {}).get("plan")
+    _op_step(op, "checked", refused=bool(problems))
     if problems:
         return _restore_end(out, REFUSED, f"{verb}: {'; '.join(problems)}", started)
     if dry_run:
         other = "" if found["blank"] else f" and invalidate {plan['other']['lv']} on {plan['other']['node']}"
         return _restore_end(out, WOULD_RESTORE, f"would restore {out['plan']['backup']} of {guest}/{disk} into "
                             f"{plan['leg']['lv']} on {plan['node']}{other}", started)  # fmt: skip
+    earlier = _interrupted_ops("restore_backup", f"{out['into']['guest']}/{out['into']['disk']}", op)
+    if earlier:
+        _earlier(earlier, False, op)
+        _close_earlier(earlier, f"re-run by op {op['op']}: a leg an earlier run already zeroed is left alone", op)
+    _op_step(op, "restoring")
     outcome, message = _restore_run(client, model, out, plan, found, settings)
-    return _restore_end(out, outcome, message, started)
+    result = _restore_end(out, outcome, message, started)
+    if earlier:
+        result["interrupted"] = _earlier(earlier, True, None)
+    return result
 
 
 # --- restore: a node back in service, its legs back in every guest's md RAID1 -------------------
@@ -4076,10 +4927,11 @@ def _undrain_verdict(node, entries, legs, flags):
     return changed, f"{node} undrained: it takes guests again" if changed else f"{node} was not drained"
 
 
-def _restore_settings(dry_run, allow_full_resync, timeouts):
+def _restore_settings(dry_run, allow_full_resync, timeouts, op=None):
     timeout, check_timeout, resync_timeout = timeouts
     return {"dry_run": dry_run, "allow_full_resync": allow_full_resync, "timeout": timeout,
-            "check_timeout": check_timeout, "resync_timeout": resync_timeout, "legs_pending": False}  # fmt: skip
+            "check_timeout": check_timeout, "resync_timeout": resync_timeout, "legs_pending": False,
+            "op": op}  # fmt: skip
 
 
 def _node_restore_out(node, dry_run):
@@ -4118,24 +4970,45 @@ def _round_entries(model, node, facts):
 
 
 def _judge_all_returning(client, model, node, entries, facts, settings):
-    """Judge, then (a real run) attach and re-add, each running guest in name order: ``{guest: re-added at}``."""
+    """
+    Judge, then (a real run) attach and re-add, each running guest in name order: ``{guest: re-added at}``.
+
+    Each guest under its lock (``settings["op"]``) while it is judged and its legs attached and
+    re-added (not while its resync is followed); one a live operation holds is refused (busy).
+    """
     since = {}
     for entry in entries:
         if entry["outcome"] is not None:
             continue
-        _judge_returning(client, model, node, entry, facts[entry["on"]], settings)
-        if entry["outcome"] is not None:
+        keys = [_lock_key("guest", entry["guest"])]
+        refusal = _gate(settings["op"], keys, settings["dry_run"])
+        if refusal:
+            _refuse_guest_restore(entry, node, [refusal["message"]], settings["dry_run"])
             if not settings["dry_run"]:
                 _progress(entry["message"])
-        elif settings["dry_run"]:
-            later = f" once the legs state has brought {'; '.join(entry['paths'])}" if entry["paths"] else ""
-            entry.update(outcome=WOULD_RE_ADD, message=f"{entry['guest']} on {entry['on']}: would "
-                         f"{_plan_text(entry)}{later}")  # fmt: skip
-        else:
-            _progress(f"{entry['guest']} on {entry['on']}: {_plan_text(entry)}")
-            _restore_returning(client, model, node, entry, settings)
-            since[entry["guest"]] = _clock()
+            continue
+        try:
+            _judge_one_returning(client, model, node, entry, facts, settings, since)
+        finally:
+            if not settings["dry_run"]:
+                _unlock(settings["op"], keys)
     return since
+
+
+def _judge_one_returning(client, model, node, entry, facts, settings, since):
+    _judge_returning(client, model, node, entry, facts[entry["on"]], settings)
+    if entry["outcome"] is not None:
+        if not settings["dry_run"]:
+            _progress(entry["message"])
+    elif settings["dry_run"]:
+        later = f" once the legs state has brought {'; '.join(entry['paths'])}" if entry["paths"] else ""
+        entry.update(outcome=WOULD_RE_ADD, message=f"{entry['guest']} on {entry['on']}: would "
+                     f"{_plan_text(entry)}{later}")  # fmt: skip
+    else:
+        _op_step(settings["op"], f"re-adding {entry['guest']}", guest=entry["guest"])
+        _progress(f"{entry['guest']} on {entry['on']}: {_plan_text(entry)}")
+        _restore_returning(client, model, node, entry, settings)
+        since[entry["guest"]] = _clock()
 
 
 def _restore_message(node, entries, verdict, dry_run):
@@ -4203,6 +5076,12 @@ def restore(node, dry_run=False, timeout=DEFAULT_RESTORE_TIMEOUT, check_timeout=
     returning path the legs state still has to bring is then noted, not
     refused.
 
+    The node is locked (``node.<node>``) for the whole run, each guest while
+    it is judged and its legs attached and re-added; a node another live
+    operation holds: ``busy``, nothing published; a guest: refused (busy).
+    An interrupted restore of the node is closed by the re-run (restore is
+    idempotent).
+
     Events (not in a dry run): ``xencluster/restore/<node>/started``
     (``guests``, ``partners``), ``.../<guest>/resync`` at each poll
     (``arrays``: ``state``, ``sync`` as ``xencluster_md.status`` gives it,
@@ -4242,14 +5121,47 @@ def restore(node, dry_run=False, timeout=DEFAULT_RESTORE_TIMEOUT, check_timeout=
     except (SaltInvocationError, CommandExecutionError) as exc:
         # Returned, not raised: salt-run exits 0 on a raised SaltInvocationError.
         return _node_restore_end(out, 1, f"not restoring {node}: {exc}", started, False)
-    settings = _restore_settings(dry_run, allow_full_resync, (timeout, check_timeout, resync_timeout))
+    keys = [_lock_key("node", node)]
+    if dry_run:
+        holder = _busy(keys)
+        if holder:
+            return dict(_node_restore_end(out, 1, holder["message"], started, False), busy=holder)
+        settings = _restore_settings(True, allow_full_resync, (timeout, check_timeout, resync_timeout))
+        return _restore_round(model, node, out, settings, (started, undrain))
+    op, refusal = _begin("restore", node, {"node": node, "undrain": undrain, "allow_full_resync": allow_full_resync},
+                         keys, f"restore {node}")  # fmt: skip
+    if refusal:
+        log.warning("xencluster.restore: %s", refusal["message"])
+        result = _node_restore_end(out, 1, refusal["message"], started, False)
+        return dict(result, busy=refusal) if "op" in refusal else result
+    result = None
+    try:
+        settings = _restore_settings(False, allow_full_resync, (timeout, check_timeout, resync_timeout), op)
+        result = _restore_round(model, node, out, settings, (started, undrain))
+        return result
+    finally:
+        _end(op, result)
+
+
+def _restore_round(model, node, out, settings, run):
+    """``restore`` after its arguments and model are checked: the round, then the node (``_restore_node``)."""
+    dry_run, op = settings["dry_run"], settings["op"]
     client = _local_client()
-    facts, told = _recover_round(client, model, check_timeout)
+    facts, told = _recover_round(client, model, settings["check_timeout"])
     refusal = _node_restore_refusal(node, facts, told)
+    _op_step(op, "round", refused=bool(refusal))
     if refusal:
         return _node_restore_end(out, refusal[0], f"{'would not restore' if dry_run else 'not restoring'} {node}: "
-                                 f"{refusal[1]}", started, not dry_run)  # fmt: skip
-    return _restore_node(client, model, node, out, facts, settings, (started, undrain))
+                                 f"{refusal[1]}", run[0], not dry_run)  # fmt: skip
+    earlier = _interrupted_ops("restore", node, op)
+    if earlier and not dry_run:
+        _earlier(earlier, False, op)
+        _close_earlier(earlier, f"re-run by op {op['op']}: restore is idempotent (it attaches and re-adds only what "
+                       "is missing)", op)  # fmt: skip
+    result = _restore_node(client, model, node, out, facts, settings, run)
+    if earlier:
+        result["interrupted"] = _earlier(earlier, True, None)
+    return result
 
 
 def _restore_node(client, model, node, out, facts, settings, run):
@@ -4263,6 +5175,7 @@ def _restore_node(client, model, node, out, facts, settings, run):
                                                                 "partners": _partners(model, node)})  # fmt: skip
         _progress(f"restoring {node}: legs of {', '.join(names) or 'no guest'}; the leg state on {node}, then on "
                   f"{', '.join(_partners(model, node)) or 'no partner'}")  # fmt: skip
+    _op_step(settings["op"], "legs")
     out["legs"] = _legs_back(client, model, node, dry_run, settings["timeout"])
     settings["legs_pending"] = any(s["actions"] for s in out["legs"])
     if not dry_run:  # the paths the legs state brought, and where the guests run now
@@ -4274,6 +5187,7 @@ def _restore_node(client, model, node, out, facts, settings, run):
     out["guests"] = _round_entries(model, node, facts)
     since = _judge_all_returning(client, model, node, out["guests"], facts, settings)
     if since:
+        _op_step(settings["op"], "resync", guests=sorted(since))
         _follow_resync(client, node, [e for e in out["guests"] if e["outcome"] is None], since, settings)
     _resync_messages(out["guests"], settings["resync_timeout"])
     return _conclude(node, out, dry_run, undrain, started)
