@@ -1204,9 +1204,12 @@ def _store_locks(cache, op, keys, taken_over):
 
 def _rerun(verb, args):
     """The command that finishes or cleans up an interrupted operation: the verb run again, same subject."""
+    transport = [f"transport={args['transport']}"] if args.get("transport", "ssh") != "ssh" else []
     if verb == "migrate":
         return " ".join(["salt-run xencluster.migrate", args["guest"]] + ([args["target"]] if args.get("target")
-                                                                           else []))  # fmt: skip
+                                                                           else []) + transport)  # fmt: skip
+    if verb == "evacuate":
+        return " ".join([f"salt-run xencluster.evacuate {args['node']}"] + transport)
     if verb == "recover":
         return f"salt-run xencluster.recover {args['node']} confirm_dead={args['node']}"
     if verb == "backup":
@@ -1458,7 +1461,12 @@ MIGRATE_FUN = "xencluster_xl.migrate"
 PRECHECK_FUNS = (NODE_FUN, INFO_FUN)  # ONE publish: the minion runs both, one answer
 DEFAULT_MIGRATE_TIMEOUT = 1800
 MAX_MIGRATE_TIMEOUT = 86400
-TRANSPORTS = ("ssh",)  # what xencluster_xl.migrate implements
+TRANSPORTS = ("ssh", "stream")  # what xencluster_xl.migrate implements
+STREAM_RECEIVE_FUN = "xencluster_xl.stream_receive"
+STREAM_STOP_FUN = "xencluster_xl.stream_stop"
+STREAM_PORT_FIRST = 31000  # listeners on the target's SAN address: 31000..31099
+STREAM_PORT_COUNT = 100
+STREAM_ACCEPT_TIMEOUT = 60  # seconds the listener waits for the source's connection
 LIVE_TYPES = ("pvh", "hvm")
 STOPPED = ("shutdown", "crashed", "dying", "gone")  # as xencluster_xl: nothing runs
 PAUSED = "paused"
@@ -1828,13 +1836,17 @@ def _check_run_args(dry_run, timeout, check_timeout):
     _check_seconds(check_timeout, "check_timeout", 600)
 
 
+def _check_transport(transport):
+    if transport not in TRANSPORTS:
+        raise SaltInvocationError(f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}")
+
+
 def _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout):
     _check_name(guest, "guest")
     if target is not None:
         _check_name(target, "target node")
     _check_run_args(dry_run, timeout, check_timeout)
-    if transport not in TRANSPORTS:
-        raise SaltInvocationError(f"transport must be one of {', '.join(TRANSPORTS)}: {transport!r}")
+    _check_transport(transport)
 
 
 def _load_model(tgt, tgt_type):
@@ -1866,17 +1878,169 @@ def _precheck_round(client, model, guest, target, timeout):
     return {n: node_facts(n, nodes[n]["minion"], answers.get(nodes[n]["minion"])) for n in asked}
 
 
-def _migrate_call(client, minion, guest, host, transport, timeout):
+def _migrate_call(client, minion, guest, host, transport, timeout, extra=None):
     """(kind, value) of ``xencluster_xl.migrate`` on the source; never raises (the guest must be found after)."""
     try:
         answers = client.cmd([minion], MIGRATE_FUN, [guest, host], timeout=timeout, tgt_type="list",
-                             full_return=True, kwarg={"transport": transport}) or {}  # fmt: skip
+                             full_return=True, kwarg={"transport": transport, **(extra or {})}) or {}  # fmt: skip
     except Exception as exc:  # pylint: disable=broad-except
         return "error", f"{type(exc).__name__}: {exc}"
     kind, ret = _answer(answers.get(minion), MIGRATE_FUN)
     if kind == "ok" and ret.get("migrated") is not True:
         return "error", ret
     return kind, ret
+
+
+# --- the stream transport: the target's one-shot listener around xl migrate ------------------
+
+
+def _stream_addresses(model, source, target):
+    """(target SAN ip, source SAN ip) in a subnet both have (pure), or None."""
+    src, dst = model["nodes"][source], model["nodes"][target]
+    for entry in dst.get("san") or []:
+        network = ipaddress.ip_network(entry["network"])
+        for other in src.get("san") or []:
+            if ipaddress.ip_address(other["ip"]) in network:
+                return entry["ip"], other["ip"]
+    return None
+
+
+def _stream_address(ip, port):
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+_stream_lock = threading.Lock()
+_stream_ports = set()  # ports this master process has a listener on (evacuate's workers share it)
+
+
+def _take_stream_port():
+    with _stream_lock:
+        for port in range(STREAM_PORT_FIRST, STREAM_PORT_FIRST + STREAM_PORT_COUNT):
+            if port not in _stream_ports:
+                _stream_ports.add(port)
+                return port
+    raise CommandExecutionError(f"no free stream port in {STREAM_PORT_FIRST}-"
+                                f"{STREAM_PORT_FIRST + STREAM_PORT_COUNT - 1} (too many migrations at once)")
+
+
+def _give_stream_port(port):
+    with _stream_lock:
+        _stream_ports.discard(port)
+
+
+def _stream_start(client, model, source, target, check_timeout):
+    """(port, {"stream_address", "stream_from"}, None) or (None, None, problem): the target's listener."""
+    pair = _stream_addresses(model, source, target)
+    if pair is None:
+        return None, None, f"{source} and {target} share no SAN subnet: no stream transport between them"
+    target_ip, source_ip = pair
+    try:
+        port = _take_stream_port()
+    except CommandExecutionError as exc:
+        return None, None, str(exc)
+    minion = model["nodes"][target]["minion"]
+    try:
+        answers = client.cmd([minion], STREAM_RECEIVE_FUN, [port, target_ip, source_ip],
+                             kwarg={"accept_timeout": STREAM_ACCEPT_TIMEOUT}, timeout=check_timeout,
+                             tgt_type="list", full_return=True) or {}  # fmt: skip
+        kind, ret = _answer(answers.get(minion), STREAM_RECEIVE_FUN)
+    except Exception as exc:  # pylint: disable=broad-except
+        kind, ret = "error", f"{type(exc).__name__}: {exc}"
+    if kind != "ok" or ret.get("started") is not True:
+        if kind == "no_answer":  # it may have started after all: leave nothing listening
+            _stream_stop(client, model, target, port, check_timeout)
+            ret = f"no answer within {check_timeout} s"
+        _give_stream_port(port)
+        return None, None, f"the stream listener on {target} did not start: {_short(ret)}"
+    _progress(f"stream listener on {target} at {_stream_address(target_ip, port)}, accepting {source_ip} only")
+    return port, {"stream_address": _stream_address(target_ip, port), "stream_from": source_ip}, None
+
+
+def _stream_stop(client, model, target, port, check_timeout):
+    """``stream_stop`` on the target, never forced: ``(note or None, log tail of the target's side)``."""
+    minion = model["nodes"][target]["minion"]
+    try:
+        answers = client.cmd([minion], STREAM_STOP_FUN, [port], timeout=check_timeout, tgt_type="list",
+                             full_return=True) or {}  # fmt: skip
+        kind, ret = _answer(answers.get(minion), STREAM_STOP_FUN)
+    except Exception as exc:  # pylint: disable=broad-except
+        kind, ret = "error", f"{type(exc).__name__}: {exc}"
+    if kind != "ok":
+        # e.g. "... has accepted its connection: a migration is streaming through it; not stopping it"
+        why = f"no answer within {check_timeout} s" if kind == "no_answer" else _short(ret)
+        return f"stream_stop {port} on {target}: {why}", ""
+    note = f"the stream listener on {target} was still {ret.get('state')}: stopped" if ret.get("stopped") else None
+    return note, ret.get("log_tail") or ""
+
+
+def _call_with_transport(client, model, plan, transport, timeout, check_timeout):
+    """
+    ``(kind, ret, note)``: ``_migrate_call`` for ssh; for stream the target's listener first and
+    ``stream_stop`` after, in every case. ``kind`` ``not_run``: the listener did not start, xl
+    migrate was never called (``ret`` says why). ``note``: what to add to the message, or None.
+    """
+    guest, source, target = plan["guest"], plan["source"], plan["target"]
+    minion = model["nodes"][source]["minion"]
+    if transport != "stream":
+        return (*_migrate_call(client, minion, guest, target, transport, timeout), None)
+    port, extra, problem = _stream_start(client, model, source, target, check_timeout)
+    if problem:
+        return "not_run", problem, None  # xl migrate never called: the guest stays on the source
+    op = plan.get("op")
+    if op is not None:  # for whoever finds this record interrupted: where the listener is
+        op["detail"].update(stream_target=target, stream_port=port, **extra)
+        _save_op(op)
+    try:
+        kind, ret = _migrate_call(client, minion, guest, target, transport, timeout, extra)
+    finally:
+        note, tail = _stream_stop(client, model, target, port, check_timeout)
+        _give_stream_port(port)
+    if kind != "ok" and tail:
+        # xl migrate-receive's own lines ("migration target: ...") stay on the target with stream
+        note = f"{note}; " if note else ""
+        note += f"target side: {_short(tail.replace(chr(10), ' | '))}"
+    return kind, ret, note
+
+
+def _stream_ready(client, model, guest, source, target, check_timeout):
+    """
+    A dry run's ``stream_ready`` check (two publishes, nothing started): ``(check, detail or None)``.
+
+    ``stream_receive ... dry_run=True`` on the target (socat there, the address its own, the port
+    free), then ``migrate ... transport=stream dry_run=True`` on the source (the connector there,
+    its routing towards the target from its SAN address).
+    """
+    pair = _stream_addresses(model, source, target)
+    if pair is None:
+        return _check("stream_ready", False, f"{source} and {target} share no SAN subnet: no stream transport "
+                      "between them"), None  # fmt: skip
+    target_ip, source_ip = pair
+    try:
+        port = _take_stream_port()  # only to name a port now free here; given back at once
+    except CommandExecutionError as exc:
+        return _check("stream_ready", False, str(exc)), None
+    _give_stream_port(port)
+    extra = {"stream_address": _stream_address(target_ip, port), "stream_from": source_ip}
+    asks = ((target, STREAM_RECEIVE_FUN, [port, target_ip, source_ip],
+             {"accept_timeout": STREAM_ACCEPT_TIMEOUT, "dry_run": True}),
+            (source, MIGRATE_FUN, [guest, target], {"transport": "stream", **extra, "dry_run": True}))  # fmt: skip
+    rets, problems = [], []
+    for node, fun, args, kwarg in asks:
+        minion = model["nodes"][node]["minion"]
+        try:
+            answers = client.cmd([minion], fun, args, kwarg=kwarg, timeout=check_timeout, tgt_type="list",
+                                 full_return=True) or {}  # fmt: skip
+            kind, ret = _answer(answers.get(minion), fun)
+        except Exception as exc:  # pylint: disable=broad-except
+            kind, ret = "error", f"{type(exc).__name__}: {exc}"
+        rets.append(ret if kind == "ok" else {})
+        if kind != "ok":
+            problems.append(_why_not(node, minion, fun, kind, ret))
+    if problems:
+        return _check("stream_ready", False, "; ".join(problems)), None
+    detail = dict(extra, port=port, receive_argv=rets[0].get("argv"), argv=rets[1].get("argv"))
+    return _check("stream_ready", True, f"{target} can listen at {extra['stream_address']} for {source_ip}, "
+                  f"{source} can stream {guest} to it"), detail  # fmt: skip
 
 
 def _domain_answers(client, nodes, asked, timeout):
@@ -1900,6 +2064,8 @@ def _call_problem(kind, ret, source, timeout):
     """What went wrong with the migrate call, or None."""
     if kind == "ok":
         return None
+    if kind == "not_run":  # the stream listener did not start: ret says why
+        return ret
     if kind == "no_answer":
         return f"{source} did not answer {MIGRATE_FUN} within {timeout} s"
     if kind == "unavailable":
@@ -1929,16 +2095,28 @@ def _refusal(guest, checks, facts, dry_run):
 
 
 def _execute(client, model, plan, timeout, check_timeout, transport):
-    """Fire started, run xl migrate on the source, look where the guest runs: (ok, where, message, duration)."""
+    """
+    Fire started, run xl migrate on the source (inside the stream listener's lifetime for stream), look where
+    the guest runs: ``(ok, where, message, info)``, ``info`` ``{"ran", "duration_s", "transport"}`` and
+    ``"xl_duration_s"`` (the module's wall time of xl migrate alone) when the call answered it.
+    """
     guest, source, target = plan["guest"], plan["source"], plan["target"]
     nodes = model["nodes"]
-    _fire(guest, "started", {"guest": guest, "source": source, "target": target, "timeout": timeout})
-    _progress(f"{guest}: xl migrate from {source} to {target} (up to {timeout} s)")
-    _op_step(plan.get("op"), "xl_migrate_started")
+    _fire(guest, "started", {"guest": guest, "source": source, "target": target, "timeout": timeout,
+                             "transport": transport})  # fmt: skip
+    _progress(f"{guest}: xl migrate from {source} to {target} over {transport} (up to {timeout} s)")
+    _op_step(plan.get("op"), "xl_migrate_started", transport=transport)
     started = time.monotonic()
-    kind, ret = _migrate_call(client, nodes[source]["minion"], guest, target, transport, timeout)
+    kind, ret, stream_note = _call_with_transport(client, model, plan, transport, timeout, check_timeout)
     duration = round(time.monotonic() - started, 1)
+    info = {"ran": kind != "not_run", "duration_s": duration, "transport": transport}
+    if kind == "ok" and isinstance(ret.get("duration_s"), (int, float)) and not isinstance(ret["duration_s"], bool):
+        info["xl_duration_s"] = ret["duration_s"]
     problem = _call_problem(kind, ret, source, timeout)
+    if stream_note:
+        _progress(f"{guest}: {stream_note}")
+        if problem:
+            problem = f"{problem}; {stream_note}"
     if problem:
         _progress(f"{guest}: {problem}; looking where it runs")
     lists = _domain_lists(client, nodes, (source, target), check_timeout)
@@ -1946,8 +2124,10 @@ def _execute(client, model, plan, timeout, check_timeout, transport):
     _op_step(plan.get("op"), "post_checked", ok=ok, where=where)
     if ok:
         note = f" ({problem}, but the post-check finds it moved)" if problem else ""
-        return True, where, f"{guest} migrated from {source} to {target} in {duration} s{note}", duration
-    return False, where, f"{problem or f'xl migrate returned on {source}'}; {seen}", duration
+        over = "" if transport == TRANSPORTS[0] else f" over {transport}"
+        xl_time = f" (xl migrate {info['xl_duration_s']} s)" if "xl_duration_s" in info else ""
+        return True, where, f"{guest} migrated from {source} to {target}{over} in {duration} s{xl_time}{note}", info
+    return False, where, f"{problem or f'xl migrate returned on {source}'}; {seen}", info
 
 
 def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, transport="ssh",
@@ -1969,16 +2149,32 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
        info`` free_memory >= the guest's memory), ``migratable`` (PVH or HVM:
        Debian's Xen has no shadow paging for PV), ``xen_compatible`` (same
        Xen major.minor). One failed check: nothing runs.
-    3. ``dry_run=True`` stops here: no event, no other publish.
-    4. ``xencluster_xl.migrate <guest> <target node name>`` on the source
-       (``transport`` ssh: the source's root must reach the target by its node
-       name), waiting up to ``timeout`` seconds; then ONE ``list_domains``
-       publish to source and target: the guest must run on the target and be
-       gone from the source. Nothing is ever retried.
+    3. ``dry_run=True`` stops here: no event, no other publish; with
+       ``transport=stream`` and every check passed, one more check,
+       ``stream_ready``, from two more publishes that start nothing:
+       ``xencluster_xl.stream_receive ... dry_run=True`` on the target (socat
+       there, the SAN address its own, the port free) and
+       ``xencluster_xl.migrate ... transport=stream dry_run=True`` on the
+       source (the connector there, its route to the target from its SAN
+       address); their argv in the return's ``stream``.
+    4. ``xencluster_xl.migrate <guest> <target node name>`` on the source,
+       waiting up to ``timeout`` seconds. ``transport`` ``ssh`` (default):
+       the source's root must reach the target by its node name; ``stream``:
+       the target's one-shot listener on its SAN address
+       (``xencluster_xl.stream_receive``, port 31000-31099, accepting the
+       source's SAN address only, ``check_timeout`` s to start), then ``xl
+       migrate`` through the connector; ``xencluster_xl.stream_stop`` on the
+       target afterwards in every case (never forced: a listener still
+       streaming is left alone and said). Unencrypted: see the README,
+       'Migration transports'. A listener that does not start: xl migrate is
+       never called (``ran`` False). Then ONE ``list_domains`` publish to
+       source and target: the guest must run on the target and be gone from
+       the source. Nothing is ever retried.
 
     The guest is locked (``guest.<guest>``) and the operation journaled
-    (steps ``prechecked``, ``xl_migrate_started``, ``post_checked``) from
-    before the pre-check round to the end. A guest another live operation
+    (steps ``prechecked``, ``xl_migrate_started`` with the ``transport``, its
+    detail the stream listener's ``stream_target``/``stream_port`` once it
+    listens, ``post_checked``) from before the pre-check round to the end. A guest another live operation
     holds: ``busy`` (the holder), nothing published. A migration of the guest
     that was interrupted (its ``salt-run`` gone) is settled from the
     pre-check round (``resume_migrate``): interrupted before ``xl migrate``,
@@ -1993,13 +2189,18 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
 
     Events on the master's bus (not in a dry run):
     ``xencluster/migrate/<guest>/prechecked`` (``result``, ``checks``),
-    ``.../started``, then ``.../finished`` or ``.../failed`` (``where``,
-    ``duration_s``, ``message``). ``salt-run`` prints each step as progress.
+    ``.../started`` (``transport``, ``timeout``), then ``.../finished`` or
+    ``.../failed`` (``where``, ``transport``, ``duration_s``,
+    ``xl_duration_s``, ``message``). ``salt-run`` prints each step as
+    progress.
 
     Returns ``{"result", "retcode" (0, or 1 on any failure: salt-run's exit
     status), "guest", "source", "target", "checks", "ran" (xl migrate was
     called), "where" (the nodes the guest is seen on now), "message"}``, with
-    ``"duration_s"`` when it ran. A bad argument, an unreadable model or a
+    ``"transport"`` and ``"duration_s"`` (the runner's wall time from the
+    listener's start, or the migrate publish, to its answer) after the
+    migration step, and ``"xl_duration_s"`` (the wall time of ``xl migrate``
+    alone, as the source's module measured it) when the call answered. A bad argument, an unreadable model or a
     guest it does not name is such a return too (no check, nothing
     published), not an exception. A failure says where the guest runs
     (``web1 still runs on node1``; ``web1 runs on node2 but also on node1:
@@ -2012,6 +2213,7 @@ def migrate(guest, target=None, dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT, 
         salt-run xencluster.migrate web1 dry_run=True
         salt-run xencluster.migrate web1
         salt-run xencluster.migrate web1 node2 timeout=600 --out=json
+        salt-run xencluster.migrate web1 transport=stream dry_run=True
     """
     try:
         _check_migrate_args(guest, target, dry_run, timeout, transport, check_timeout)
@@ -2100,7 +2302,8 @@ def _migrate_one(client, model, guest, target, dry_run, timeout, transport, chec
         holder = _busy(keys)
         return _busy_result(guest, target, holder) if holder else _migrate_locked(client, model, None, guest, target,
                                                                                    settings)  # fmt: skip
-    op, refusal = _begin("migrate", guest, {"guest": guest, "target": target}, keys, _migrate_title(guest, target))
+    args = {"guest": guest, "target": target, **({"transport": transport} if transport != TRANSPORTS[0] else {})}
+    op, refusal = _begin("migrate", guest, args, keys, _migrate_title(guest, target))
     if refusal:
         return _busy_result(guest, target, refusal)
     result = None
@@ -2130,6 +2333,7 @@ def _migrate_locked(client, model, op, guest, target, settings):
         _earlier(earlier, False, op)
         for record, status, note in closes:
             _close_op(record, status, note, op)
+            _leftover_listener(record)
     if stop and stop[0] == "done":
         if not dry_run:
             _progress(f"{guest}: {stop[1]}")
@@ -2142,7 +2346,16 @@ def _migrate_locked(client, model, op, guest, target, settings):
             where, message = _refusal(guest, checks, facts, True)
             message = f"{verb} {guest}: {stop[1]}" if stop else message
             return _result(False, guest, source, target, checks, False, where, message, **extra)
-        message = f"would migrate {guest} from {source} to {target}"
+        if transport == "stream":
+            ready, stream = _stream_ready(client, model, guest, source, target, check_timeout)
+            checks.append(ready)
+            extra["transport"] = transport
+            if not ready["ok"]:
+                where, message = _refusal(guest, checks, facts, True)
+                return _result(False, guest, source, target, checks, False, where, message, **extra)
+            extra["stream"] = stream
+        over = "" if transport == TRANSPORTS[0] else f" over {transport}"
+        message = f"would migrate {guest} from {source} to {target}{over}"
         return _result(True, guest, source, target, checks, False, [source], message, **extra)
     op["title"] = _migrate_title(guest, target)
     _op_step(op, "prechecked", source=source, target=target, passed=passed)
@@ -2156,14 +2369,30 @@ def _migrate_locked(client, model, op, guest, target, settings):
     _progress(f"{guest}: pre-checks passed ({len(checks)})")
     state = facts[source]["domains"][guest].get("state")
     plan = {"guest": guest, "source": source, "target": target, "state": state, "op": op}
-    ok, where, message, duration = _execute(client, model, plan, timeout, check_timeout, transport)
-    end = {"guest": guest, "source": source, "target": target, "result": ok, "where": where,
-           "duration_s": duration, "message": message}  # fmt: skip
+    ok, where, message, info = _execute(client, model, plan, timeout, check_timeout, transport)
+    ran = info.pop("ran")
+    end = {"guest": guest, "source": source, "target": target, "result": ok, "where": where, **info,
+           "message": message}  # fmt: skip
     _fire(guest, "finished" if ok else "failed", end)
     _progress(f"{guest}: {message}")
     if not ok:
         log.error("xencluster.migrate: %s", message)
-    return _result(ok, guest, source, target, checks, True, where, message, duration_s=duration, **extra)
+    return _result(ok, guest, source, target, checks, ran, where, message, **info, **extra)
+
+
+def _leftover_listener(record):
+    """
+    A closed interrupted stream migration: where its listener may still wait (a progress line, nothing stopped).
+
+    Not stopped from here: another salt-run may have a listener of its own on that port by now, and
+    ``stream_stop`` cannot tell them apart. A listener nobody connects to exits after its accept timeout.
+    """
+    detail = record.get("detail") or {}
+    target, port = detail.get("stream_target"), detail.get("stream_port")
+    if target and port:
+        _progress(f"op {record['op']} had a stream listener on {target} port {port}: it exits by itself within "
+                  f"{STREAM_ACCEPT_TIMEOUT} s of its start when nothing connects (xencluster_xl.stream_stop "
+                  f"{port} on {target} stops it now)")  # fmt: skip
 
 
 # --- evacuate / undrain: a node in and out of maintenance ------------------------------------
@@ -2173,8 +2402,9 @@ ON_FAILURE = ("stop", "continue")
 MAX_CONCURRENCY = 16
 
 
-def _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout):
+def _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout, transport):
     _check_name(node, "node")
+    _check_transport(transport)
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= MAX_CONCURRENCY:
         raise SaltInvocationError(f"concurrency must be a whole number from 1 to {MAX_CONCURRENCY}: {concurrency!r}")
     if on_failure not in ON_FAILURE:
@@ -2221,12 +2451,12 @@ def evacuation_plan(model, node, domains):
     return sorted(plan.items()), unknown
 
 
-def _migrate_worker(model, guest, target, timeout, check_timeout):
+def _migrate_worker(model, guest, target, timeout, check_timeout, transport):
     """One migration in a worker thread, on a LocalClient of its own; never raises."""
     client = None
     try:
         client = _local_client()
-        return _migrate_one(client, model, guest, target, False, timeout, TRANSPORTS[0], check_timeout)
+        return _migrate_one(client, model, guest, target, False, timeout, transport, check_timeout)
     except Exception as exc:  # pylint: disable=broad-except
         log.exception("xencluster.evacuate: migrating %s raised", guest)
         return _result(False, guest, None, target, [], False, [], f"not migrating {guest}: {type(exc).__name__}: {exc}")
@@ -2292,11 +2522,12 @@ def _arrows(plan):
     return ", ".join(f"{guest} -> {target or '?'}" for guest, target in plan) or "none"
 
 
-def _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started):
+def _evacuate_dry(client, model, node, plan, unknown, settings, started):
     """Each guest's migrate dry run, one after the other: nothing marked, nothing run."""
+    _concurrency, _on_failure, timeout, check_timeout, transport = settings
     entries, failed = [], _unknown_failures(node, unknown)
     for guest, target in plan:
-        res = _migrate_one(client, model, guest, target, True, timeout, TRANSPORTS[0], check_timeout)
+        res = _migrate_one(client, model, guest, target, True, timeout, transport, check_timeout)
         entries.append({"guest": guest, "from": node, "to": target, "result": res["result"],
                         "checks": res["checks"], "message": res["message"]})  # fmt: skip
         if not res["result"]:
@@ -2321,19 +2552,22 @@ def _summary_message(node, moved, failed, skipped):
 
 def _evacuate_run(model, node, plan, unknown, settings, started):
     """Migrate every planned guest with bounded concurrency; events and progress as they finish."""
-    concurrency, on_failure, timeout, check_timeout = settings
+    concurrency, on_failure, timeout, check_timeout, transport = settings
     moved, failed = [], _unknown_failures(node, unknown)
     _fire_evacuate(node, "started", {"node": node, "plan": [{"guest": g, "to": t} for g, t in plan],
-                                     "unknown": unknown, "concurrency": concurrency, "on_failure": on_failure})
-    _progress(f"evacuating {node}, {concurrency} at a time: {_arrows(plan)}")
+                                     "unknown": unknown, "concurrency": concurrency, "on_failure": on_failure,
+                                     "transport": transport})  # fmt: skip
+    over = "" if transport == TRANSPORTS[0] else f" over {transport}"
+    _progress(f"evacuating {node}, {concurrency} at a time{over}: {_arrows(plan)}")
 
     def work(item):
-        return _migrate_worker(model, item[0], item[1], timeout, check_timeout)
+        return _migrate_worker(model, item[0], item[1], timeout, check_timeout, transport)
 
     def done(item, res):
         guest, target = item
         if res["result"]:
-            moved.append({"guest": guest, "from": node, "to": target, "duration_s": res.get("duration_s")})
+            moved.append({"guest": guest, "from": node, "to": target, "duration_s": res.get("duration_s"),
+                          **({"xl_duration_s": res["xl_duration_s"]} if "xl_duration_s" in res else {})})
         else:
             failed.append({"guest": guest, "where": res["where"], "message": res["message"]})
         _fire_evacuate(node, f"guest/{guest}", {"node": node, "guest": guest, "to": target, "result": res["result"],
@@ -2350,7 +2584,7 @@ def _evacuate_run(model, node, plan, unknown, settings, started):
 
 
 def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFAULT_MIGRATE_TIMEOUT,
-             check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+             check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob", transport="ssh"):  # fmt: skip
     """
     Empty ``node`` for maintenance: mark it drained, then live-migrate each guest it runs to its pair partner.
 
@@ -2372,8 +2606,12 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
        nothing new after the first failure (those in flight finish: the rest
        is ``skipped``); ``"continue"`` tries every guest.
 
+    ``transport`` (``ssh`` or ``stream``) is ``migrate``'s, for every
+    guest; parallel stream migrations to one target get distinct ports.
+
     ``dry_run=True`` marks nothing and migrates nothing: the plan, each
-    guest's pre-checks (``migrate``'s dry run) and whether it would fail.
+    guest's pre-checks (``migrate``'s dry run, with ``stream_ready`` for
+    stream) and whether it would fail.
 
     The node is locked (``node.<node>``) for the whole run, each guest while
     it migrates (``migrate``'s own lock and journal record, whose parent is
@@ -2384,13 +2622,13 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
 
     Events on the master's bus (none in a dry run):
     ``xencluster/evacuate/<node>/started`` (``plan``, ``unknown``,
-    ``concurrency``, ``on_failure``), ``.../guest/<guest>`` as each migration
+    ``concurrency``, ``on_failure``, ``transport``), ``.../guest/<guest>`` as each migration
     ends (``result``, ``to``, ``where``, ``duration_s``, ``message``), and
     ``.../finished`` with the return. ``salt-run`` prints progress lines.
 
     Returns ``{"result", "retcode" (0, or 1 on any failure), "node",
     "drained" (the node is marked now), "moved": [{"guest", "from", "to",
-    "duration_s"}], "failed": [{"guest", "message", "where"}], "skipped":
+    "duration_s", "xl_duration_s" (when the module told it)}], "failed": [{"guest", "message", "where"}], "skipped":
     [guests not tried after a failure], "duration_s" (the whole run),
     "message"}`` (``moved`` and ``failed`` in the order the migrations
     ended), with ``"plan": [{"guest", "from", "to", "result", "checks",
@@ -2405,23 +2643,25 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
         salt-run xencluster.evacuate node1 dry_run=True
         salt-run xencluster.evacuate node1
         salt-run xencluster.evacuate node1 concurrency=2 on_failure=continue --out=json
+        salt-run xencluster.evacuate node1 transport=stream concurrency=2
     """
     started = time.monotonic()
     try:
-        _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout)
+        _check_evacuate_args(node, concurrency, on_failure, dry_run, timeout, check_timeout, transport)
         model = _evacuate_model(node, tgt, tgt_type)
     except (SaltInvocationError, CommandExecutionError) as exc:
         log.error("xencluster.evacuate: not evacuating: %s", exc)
         return _evacuation(False, node, False, started, f"not evacuating {node}: {exc}")
-    settings = (concurrency, on_failure, timeout, check_timeout)
+    settings = (concurrency, on_failure, timeout, check_timeout, transport)
     keys = [_lock_key("node", node)]
     if dry_run:
         holder = _busy(keys)
         if holder:
             return _evacuation(False, node, False, started, holder["message"], busy=holder)
         return _evacuate_node(model, node, None, settings, started)
-    op, refusal = _begin("evacuate", node, {"node": node, "concurrency": concurrency, "on_failure": on_failure},
-                         keys, f"evacuate {node}")  # fmt: skip
+    args = {"node": node, "concurrency": concurrency, "on_failure": on_failure,
+            **({"transport": transport} if transport != TRANSPORTS[0] else {})}  # fmt: skip
+    op, refusal = _begin("evacuate", node, args, keys, f"evacuate {node}")
     if refusal:
         log.warning("xencluster.evacuate: %s", refusal["message"])
         return _evacuation(False, node, False, started, refusal["message"],
@@ -2437,7 +2677,7 @@ def evacuate(node, concurrency=1, on_failure="stop", dry_run=False, timeout=DEFA
 def _evacuate_node(model, node, op, settings, started):
     """``evacuate`` after its arguments and model are checked; under the node's lock (``op``), or a dry run (None)."""
     dry_run = op is None
-    _concurrency, _on_failure, timeout, check_timeout = settings
+    check_timeout = settings[3]
     try:
         marked = _mark_drained(node, dry_run)
     except SaltCacheError as exc:
@@ -2455,7 +2695,7 @@ def _evacuate_node(model, node, op, settings, started):
     plan, unknown = evacuation_plan(model, node, domains)
     earlier = _interrupted_ops("evacuate", node, op)
     if dry_run:
-        result = _evacuate_dry(client, model, node, plan, unknown, timeout, check_timeout, started)
+        result = _evacuate_dry(client, model, node, plan, unknown, settings, started)
         if earlier:
             result["interrupted"] = _earlier(earlier, True, None)
         return result

@@ -328,6 +328,9 @@ def _wipe(log: Log) -> None:
     forgotten = [node.name for node in nodes.all_nodes() if master.forget_minion_key(node.name)]
     if forgotten:
         log(f"master: dropped the minion keys of {', '.join(forgotten)} (their overlays are gone)")
+    cleared = master.forget_cluster_cache()
+    if cleared:
+        log(f"master: cleared its cache of the old cluster ({', '.join(cleared)})")
     config.CLUSTER_STATE.unlink(missing_ok=True)
     for sw in switch.ALL:
         shutil.rmtree(sw.sock, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -222,6 +223,23 @@ def forget_minion_key(name: str, pki: Path | None = None) -> bool:
             path.unlink()
             found = True
     return found
+
+
+def forget_cluster_cache(cachedir: Path | None = None) -> list[str]:
+    """Drop what the master's cache knows of the cluster (xencluster's banks: drained marks,
+    last-seen record, operation journal and locks; the job cache): a wiped lab is a new
+    cluster, and a node2 left drained by an earlier run would refuse every migration to it."""
+    cachedir = cachedir or config.MASTER_ROOT / "cache"
+    removed = []
+    for path in sorted(cachedir.glob("xencluster*")) + [cachedir / "jobs"]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(path.name)
+    return removed
 
 
 def accept_node(node: Node, log: Log) -> None:

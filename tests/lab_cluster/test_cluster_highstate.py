@@ -34,6 +34,12 @@ In order, on a cluster wiped and booted fresh for this module (bare dom0s):
    node2 drained: a migration to it is refused), `xencluster.undrain node2`,
    and db1 live back home; each guest keeps its heartbeat counter (the same
    guest, not a reboot), both legs and its peer, and runs on one node only;
+   the evacuation uses the stream transport (a one-shot socat listener on the
+   target's SAN address);
+8b. two `xencluster.migrate web1` at once: exactly one migrates, the other is
+   told busy; a `salt-run xencluster.migrate` killed (SIGKILL) once its xl
+   migrate started: `verify` reports EOPINTERRUPTED naming the re-run, and the
+   re-run finds the migration completed, closes the record and moves nothing;
 9. node2 is lost (its QEMU quit, as if its power were pulled):
    `xencluster.recover node2` refuses without `confirm_dead=node2`; with it,
    db1 starts on node1 on its surviving leg only, its md RAID1 runs degraded
@@ -52,13 +58,14 @@ import json
 import os
 import pathlib
 import re
+import subprocess
 import sys
 import time
 
 import pytest
 from salt.utils.dictupdate import merge
 from salt.utils.yaml import safe_load
-from labcli import lab, salt, salt_run, salt_run_docs
+from labcli import json_documents, lab, salt, salt_run, salt_run_docs
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(5400)]
 
@@ -449,7 +456,7 @@ def test_migrate_moves_web1_live_to_node2_on_both_legs_and_it_keeps_reaching_db1
 
 def test_evacuate_moves_every_guest_off_node2_and_drains_it(applied):
     last = {g: beats("node2", g)[-1][0] for g in ("web1", "db1")}
-    code, docs = salt_run_docs("xencluster.evacuate", "node2", timeout=1800)
+    code, docs = salt_run_docs("xencluster.evacuate", "node2", "transport=stream", timeout=1800)
     *progress, result = docs
     assert code == 0 and result["result"] is True and result["drained"] is True, result
     moved = sorted((m["guest"], m["from"], m["to"]) for m in result["moved"])
@@ -477,6 +484,62 @@ def test_undrain_lets_node2_take_db1_back_home(applied):
     still_the_same_guest("node2", "db1", after=last)
     code, (verified,) = salt_run_docs("xencluster.verify", timeout=120)
     assert code == 0 and verified["ok"] is True, verified
+
+
+# --- safety: one migration of a guest at a time; a runner killed midway ----------------------
+
+
+def salt_run_process(*argv):
+    """A salt-run started in the background (``lab`` execs salt-run: the pid is salt-run's)."""
+    return subprocess.Popen([sys.executable, "-m", "lab", "salt-run", *argv, "--out=json", "--timeout=900"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_two_migrations_of_one_guest_at_once_exactly_one_proceeds(applied):
+    last = beats("node1", "web1")[-1][0]
+    procs = [salt_run_process("xencluster.migrate", "web1") for _ in range(2)]
+    outs = [proc.communicate(timeout=1200) for proc in procs]
+    results = [json_documents(out)[-1] for out, _err in outs]
+    moved = [r for r in results if r["result"] is True and r["ran"] is True]
+    busy = [r for r in results if r.get("busy")]
+    assert len(moved) == 1 and len(busy) == 1, results
+    assert busy[0]["ran"] is False and busy[0]["message"].startswith("busy: web1 is locked by migrate"), busy
+    assert sorted(proc.returncode for proc in procs) == [0, 1], [proc.returncode for proc in procs]
+    assert where(HOME) == {"web1": ["node2"], "db1": ["node2"], "app1": ["node1"]}
+    still_the_same_guest("node2", "web1", after=last)
+
+
+def test_a_runner_killed_mid_migration_is_reported_and_a_rerun_finishes(applied):
+    last = beats("node2", "web1")[-1][0]
+    proc = salt_run_process("xencluster.migrate", "web1", "node1")
+
+    def xl_migrate_running():
+        ops = salt_run("xencluster.ops", timeout=60)
+        steps = [r["step"] for r in ops["running"] if r.get("verb") == "migrate"]
+        return "xl_migrate_started" in steps, steps
+
+    try:
+        wait_until("the runner's xl migrate of web1 started", xl_migrate_running, timeout=300, interval=2)
+    finally:
+        proc.kill()  # SIGKILL: no finally of the runner runs; xl migrate goes on on node2
+        proc.communicate(timeout=60)
+    code, ret = verify()
+    interrupted = [f for f in ret["findings"] if f["code"] == "EOPINTERRUPTED"]
+    assert code != 0 and len(interrupted) == 1 and interrupted[0]["guest"] == "web1", ret
+    assert "xencluster.migrate web1" in interrupted[0]["message"], interrupted
+    # the minion's xl migrate ends by itself; a re-run then closes the record without migrating again
+    def web1_home():  # no where(): a migration in flight shows as web1--incoming beside web1
+        located = salt_run("xencluster.locate", f"tgt={BOTH}", "tgt_type=list", timeout=120)
+        return located["guests"].get("web1") == ["node1"] and not located["double_runs"], located
+
+    wait_until("web1 on node1 only", web1_home, timeout=600)
+    code, docs = salt_run_docs("xencluster.migrate", "web1", "node1", timeout=900)
+    result = docs[-1]
+    assert code == 0 and result["result"] is True and result["ran"] is False, result
+    assert [i["status"] for i in result["interrupted"]] == ["finished"], result
+    code, ret = verify()
+    assert code == 0 and not [f for f in ret["findings"] if f["code"] == "EOPINTERRUPTED"], ret
+    still_the_same_guest("node1", "web1", after=last)
 
 
 # --- a node lost: recover (the last step: node2 stays down) ----------------------------------

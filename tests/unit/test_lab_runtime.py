@@ -729,3 +729,15 @@ def test_minion_returns_merges_one_document_per_minion():
     assert master.minion_returns("") == {}
     with pytest.raises(json.JSONDecodeError):
         master.minion_returns("No minions matched the target.")
+
+
+def test_forget_cluster_cache_drops_xencluster_banks_and_jobs_only(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "xencluster" / "drained").mkdir(parents=True)
+    (cache / "xencluster" / "drained" / "nodes.p").write_bytes(b"x")
+    (cache / "xencluster-ops.flock").write_text("")
+    (cache / "jobs" / "ab").mkdir(parents=True)
+    (cache / "minions" / "node1").mkdir(parents=True)  # the minion data cache stays
+    assert master.forget_cluster_cache(cache) == ["xencluster", "xencluster-ops.flock", "jobs"]
+    assert sorted(p.name for p in cache.iterdir()) == ["minions"]
+    assert master.forget_cluster_cache(cache) == []
