@@ -7,9 +7,9 @@ LAB := $(PY) -m lab
 NODES ?= 2
 PYTEST := $(PY) -m pytest
 
-.PHONY: help host-deps venv test test-fast test-unit test-integration test-lab \
+.PHONY: help host-deps venv test test-fast test-unit test-integration test-lab test-lab-lanes \
         lab-build lab-up lab-master lab-status lab-down demo benchmark-lab-boot \
-        benchmark-report-scaling benchmark-highstate-commands clean
+        benchmark-report-scaling benchmark-highstate-commands benchmark-migration clean
 
 help:
 	@echo "make demo       set up everything, boot the lab cluster, run the main job on it"
@@ -46,6 +46,11 @@ test-integration: venv
 test-lab: host-deps venv
 	$(PYTEST) tests/lab_cluster -q -m lab --durations=0 --durations-min=30
 
+# The lab tier as two lanes on two labs at once: for machines with 4 or more cores.
+# On 2 cores the lab is CPU-bound and two lanes were slower than one (README).
+test-lab-lanes: host-deps venv
+	$(PY) tests/lab_cluster/lanes.py -q --durations=0 --durations-min=30
+
 lab-build: host-deps venv
 	$(LAB) build
 
@@ -75,6 +80,17 @@ benchmark-report-scaling: venv
 # changes it for good (VG, bonds, 20 guests); restarts the master on its own pillar and back.
 benchmark-highstate-commands: venv
 	$(PY) benchmarks/highstate_commands.py
+
+# Needs the lab running in the state tests/lab_cluster/test_guest_pairs.py needs (each node's first
+# data disk free: fresh dom0s); builds two disk pairs and the guest minion mdg, removes them after.
+.PHONY: benchmark-backup-resync
+benchmark-backup-resync: venv
+	$(PY) benchmarks/backup_resync.py
+
+# Needs the lab converged by the cluster highstate, the master up and web1 at home on node1;
+# 16 live migrations of web1 (4 methods x 2 round trips) and 2 socat copies; web1 ends at home.
+benchmark-migration: venv
+	$(PY) benchmarks/migration.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -20,7 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LAB_DIR = Path(os.environ.get("XENCLUSTER_LAB", "/var/tmp/xencluster-lab"))
-CACHE_DIR = LAB_DIR / "cache"
+# The image, wheel and deb cache; another lab (tests/lab_cluster/lanes.py runs two at once)
+# can share one lab's cache instead of building its own.
+CACHE_DIR = Path(os.environ.get("XENCLUSTER_LAB_CACHE", str(LAB_DIR / "cache")))
 IMAGES_DIR = CACHE_DIR / "images"
 WHEELS_DIR = CACHE_DIR / "wheels"
 RUN_DIR = LAB_DIR / "run"

@@ -61,15 +61,14 @@ def mgmt_netdev(node: Node) -> str:
             f"-cmd:socat - TCP:127.0.0.1:{host_port}"
         )
 
+    # The image's minion config says 4505/4506. But a minion subscribes to the publish port
+    # the master advertises when it authenticates: the host's, when a lab runs its master on
+    # other ports (a second lab beside the first), so that port is forwarded too.
+    forwards = [master_forward(4505, config.MASTER_PUBLISH_PORT), master_forward(4506, config.MASTER_RET_PORT)]
+    if config.MASTER_PUBLISH_PORT not in (4505, 4506):
+        forwards.append(master_forward(config.MASTER_PUBLISH_PORT, config.MASTER_PUBLISH_PORT))
     # restrict=on: the node reaches nothing but these forwards; ssh binds loopback only.
-    return ",".join(
-        [
-            "user,id=mgmt,restrict=on",
-            f"hostfwd=tcp:127.0.0.1:{node.ssh_port}-:22",
-            master_forward(4505, config.MASTER_PUBLISH_PORT),
-            master_forward(4506, config.MASTER_RET_PORT),
-        ]
-    )
+    return ",".join(["user,id=mgmt,restrict=on", f"hostfwd=tcp:127.0.0.1:{node.ssh_port}-:22", *forwards])
 
 
 def _disk(path: Path, fmt: str, drive_id: str, serial: str) -> list[str]:

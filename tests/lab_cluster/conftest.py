@@ -6,14 +6,16 @@ was already running before the tests is reused and left running. One the tests
 start themselves starts from wiped disks, because the data disks outlive a
 `down` and a previous run (its highstate test above all) leaves them holding
 VGs, legs and guests; it is stopped and wiped again at the end (set
-XENCLUSTER_LAB_KEEP=1 to keep it running and its disks as they are).
+XENCLUSTER_LAB_KEEP=1 to keep it running and its disks as they are). One that
+tests/lab_cluster/lanes.py booted from wiped disks for this session
+(XENCLUSTER_LAB_FRESH=1) counts as started by the session.
 """
 
 import json
 import os
 
 import pytest
-from labcli import NODES, lab, salt
+from labcli import NODES, SESSION, lab, salt
 
 
 def _cluster_running():
@@ -50,6 +52,11 @@ def lab_cluster():
     if os.geteuid() != 0:
         pytest.fail("the lab tier needs root (QEMU image build with debootstrap/chroot)")
     was_running = _cluster_running()
+    # tests/lab_cluster/lanes.py boots each lane's cluster from wiped disks just before its
+    # session and hands it over (XENCLUSTER_LAB_FRESH=1): as if the session had booted it.
+    handed_over = was_running and os.environ.get("XENCLUSTER_LAB_FRESH") == "1"
+    owned = handed_over or not was_running
+    SESSION["started_fresh"] = owned
     if not was_running:
         lab("down", "--hard", "--wipe", timeout=600)
     lab("build", timeout=3600)
@@ -57,7 +64,7 @@ def lab_cluster():
     lab("master", timeout=900)
     _sync_extension()
     yield NODES
-    if not was_running and not os.environ.get("XENCLUSTER_LAB_KEEP"):
+    if owned and not os.environ.get("XENCLUSTER_LAB_KEEP"):
         lab("down", "--hard", "--wipe", timeout=600)
 
 

@@ -71,3 +71,14 @@ def salt_run_docs(*argv, timeout=300):
     except json.JSONDecodeError as exc:
         raise AssertionError(f"salt-run {' '.join(argv)}: not JSON (rc={proc.returncode})\n"
                              f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}") from exc
+
+
+# Whether this session booted the cluster itself from wiped disks (not one found running).
+SESSION = {"started_fresh": False}
+
+
+def untouched_cluster(request):
+    """True when the cluster is as the session booted it: started fresh by this session, and
+    ``request``'s module holds the session's first test (nothing else has used it yet)."""
+    items = request.session.items
+    return SESSION["started_fresh"] and bool(items) and items[0].module is request.module

@@ -9,7 +9,9 @@ disk pair with md RAID1 and ping a peer every 2 s:
     db1   node2  VLAN 10  10.10.0.12 -> web1   must reach it
     app1  node1  VLAN 20  10.10.0.13 -> db1    must NOT reach it (another VLAN)
 
-In order, on a cluster wiped and booted fresh for this module (bare dom0s):
+In order, on a cluster wiped and booted fresh for this module (bare dom0s; the
+session's own fresh cluster when this module is the session's first, as in its
+lane of tests/lab_cluster/lanes.py):
 
 1. a highstate of both nodes with every bad-pillar case of the model at once
    (each on a guest or node of its own) is refused before any state runs,
@@ -29,9 +31,14 @@ In order, on a cluster wiped and booted fresh for this module (bare dom0s):
 7. `xencluster.verify` finds nothing serious, then the top alarm for a guest
    started twice behind the cluster's back, which `xencluster.monitor` alerts
    and the shipped reactor writes to the master's log;
-8. maintenance through the runner: `xencluster.migrate web1` (dry run, then
-   live to node2), `xencluster.evacuate node2` (web1 and db1 live to node1,
-   node2 drained: a migration to it is refused), `xencluster.undrain node2`,
+8. maintenance through the runner: `xencluster.migrate web1` (dry run;
+   node1 -> node2 -> node1 by raw `xl migrate` and then by salt-run, which
+   shows progress and finds web1 on node2 only, on both legs and reaching db1
+   in between: the heartbeat counter goes on, on the console and on the array,
+   and the runner's round trip stands the guest still less than 3x as long as
+   the raw one, measured on the guest's own clock), `xencluster.evacuate node2`
+   (db1 live to node1, node2 drained: a migration to it is refused),
+   `xencluster.undrain node2`,
    and db1 live back home; each guest keeps its heartbeat counter (the same
    guest, not a reboot), both legs and its peer, and runs on one node only;
    the evacuation uses the stream transport (a one-shot socat listener on the
@@ -46,8 +53,9 @@ In order, on a cluster wiped and booted fresh for this module (bare dom0s):
    and it reaches web1 again; node2 is marked drained. Node2 stays down: this
    is the module's last step.
 
-This module wipes and reboots the lab and leaves it converged (bonds, LVM
-filter, running guests), so it runs last (conftest.py).
+This module wipes and reboots the lab (unless the session has just booted it for
+this module) and leaves it converged (bonds, LVM filter, running guests), so it
+runs last (conftest.py).
 
 For development only: XENCLUSTER_LAB_CONVERGED=1 reuses a lab this module
 already converged (no wipe, no first highstate) to rerun the later steps, e.g.
@@ -65,7 +73,7 @@ import time
 import pytest
 from salt.utils.dictupdate import merge
 from salt.utils.yaml import safe_load
-from labcli import json_documents, lab, salt, salt_run, salt_run_docs
+from labcli import json_documents, lab, salt, salt_run, salt_run_docs, untouched_cluster
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(5400)]
 
@@ -78,7 +86,9 @@ sys.path.insert(0, str(ROOT))
 from lab.config import MASTER_LOG  # noqa: E402  pylint: disable=wrong-import-position
 # xenconsoled --timestamp=guest (the formula's setting) prefixes lines with "[date time] ", and
 # now and then glues the next one on without a newline: a beat ends at a newline or a timestamp.
-BEAT = re.compile(r"HB ([0-9]+) md=(.*?)(?: net=(ok|fail))?[ \t\r]*(?=\[\d{4}-\d\d-\d\d |$)", re.M)
+BEAT = re.compile(r"HB ([0-9]+) t=[0-9.]+ md=(.*?)(?: net=(ok|fail))?[ \t\r]*(?=\[\d{4}-\d\d-\d\d |$)", re.M)
+# The same beats with the guest's wall clock (seconds.microseconds), for the pause of a migration.
+TIMED_BEAT = re.compile(r"HB ([0-9]+) t=([0-9]+\.[0-9]{6}) md=")
 
 
 def lab_model():
@@ -191,17 +201,18 @@ def wait_until(what, probe, timeout, interval=5):
 
 
 @pytest.fixture(scope="module")
-def bare(lab_cluster):
+def bare(request, lab_cluster):
     """Fresh overlays and data disks: dom0s as the image left them, the extension synced."""
     if os.environ.get("XENCLUSTER_LAB_CONVERGED"):
         lab("salt-run", "saltutil.sync_runners")
         return None
-    lab("down", "--hard", "--wipe", timeout=600)
-    lab("up", str(len(NODES)), timeout=1800)
-    lab("master", timeout=900)
-    synced = each("saltutil.sync_all")
-    assert all(isinstance(synced[node], dict) for node in NODES), synced
-    lab("salt-run", "saltutil.sync_runners")  # xencluster.locate (the guests' live check), verify
+    if not untouched_cluster(request):  # other modules ran on it first (or it was running)
+        lab("down", "--hard", "--wipe", timeout=600)
+        lab("up", str(len(NODES)), timeout=1800)
+        lab("master", timeout=900)
+        synced = each("saltutil.sync_all")
+        assert all(isinstance(synced[node], dict) for node in NODES), synced
+        lab("salt-run", "saltutil.sync_runners")  # xencluster.locate (the guests' live check), verify
     assert each("state.show_top") == {node: {"base": ["xencluster"]} for node in NODES}
     return fingerprint()
 
@@ -443,26 +454,111 @@ def test_a_migration_dry_run_checks_everything_and_moves_nothing(applied):
     assert where(["web1"]) == {"web1": ["node1"]}
 
 
-def test_migrate_moves_web1_live_to_node2_on_both_legs_and_it_keeps_reaching_db1(applied):
-    last = beats("node1", "web1")[-1][0]
-    code, docs = salt_run_docs("xencluster.migrate", "web1", timeout=900)
+def beat_clock(guest):
+    """{n: (guest wall clock, node)} of the guest's heartbeats in every console log of both nodes."""
+    found = {}
+    for node in NODES:
+        for text in LOG_SEPARATOR.split(ssh(node, CONSOLE_LOGS.format(guest))):
+            text = text[: text.rfind("\n") + 1]
+            found.update((int(n), (float(t), node)) for n, t in TIMED_BEAT.findall(text))
+    return found
+
+
+# The beat the guest last wrote to its array: the first 512 bytes of the md data area of the
+# leg that is local to the node (read past the page cache: what is on the disk).
+ON_DISK_BEAT = ('leg=/dev/xencluster/{guest}.root.{node}; '
+                'off=$(mdadm --examine "$leg" | awk \'/Data Offset/ {{print $4}}\'); '
+                'dd if="$leg" bs=512 skip="$off" count=1 iflag=direct 2>/dev/null | tr -d "\\000"')  # fmt: skip
+
+
+def on_disk_beat(node, guest):
+    found = re.match(r"HB ([0-9]+) ", ssh(node, ON_DISK_BEAT.format(guest=guest, node=node)))
+    assert found, f"no heartbeat on {guest}'s leg on {node}"
+    return int(found.group(1))
+
+
+def newest_beat(guest, node):
+    return beats(node, guest)[-1][0]
+
+
+def pause_of(clock, before, after, source, target):
+    """How long the guest stood still moving from source to target, between beats ``before`` and
+    ``after``: from its last beat on the source to its first on the target, less the usual
+    interval for each beat that spans (a beat can be lost from both logs when the move splits
+    its line). Each node's beats carry that node's clock (the guest's clock becomes the
+    target's on arrival), so one pause is off by the two dom0 clocks' offset, and a round
+    trip's two pauses add up exactly."""
+    pairs = zip(sorted(clock), sorted(clock)[1:])
+    usual = sorted(clock[b][0] - clock[a][0] for a, b in pairs if b == a + 1 and clock[a][1] == clock[b][1])
+    usual = usual[len(usual) // 2]
+    window = [(n, *clock[n]) for n in sorted(clock) if before <= n <= after]
+    left = [n for n, _, node in window if node == source]
+    arrived = [n for n, _, node in window if node == target]
+    assert left and arrived and max(left) < min(arrived), f"no clean hand-over {source} -> {target}: {window}"
+    last, first = max(left), min(arrived)
+    assert first - last <= 3, f"beats {last}..{first} lost in the move: {window}"
+    return round(clock[first][0] - clock[last][0] - (first - last) * usual, 3)
+
+
+def raw_xl_migrate(guest, source, target):
+    """xl migrate by hand on the source (ssh transport, as the runner's default); its wall time."""
+    out = ssh(source, f"s=$(date +%s.%N); xl migrate {guest} {target} >/dev/null 2>&1 || exit 1; "
+                      f"e=$(date +%s.%N); echo $s $e")
+    started, ended = map(float, out.split())
+    return ended - started
+
+
+def runner_migrate(guest, target):
+    """salt-run xencluster.migrate; its progress lines, its result and its wall time seen from here."""
+    began = time.monotonic()
+    code, docs = salt_run_docs("xencluster.migrate", guest, target, timeout=900)
+    took = time.monotonic() - began
     *progress, result = docs
-    assert code == 0 and result["result"] is True and result["ran"] is True, result
-    assert result["where"] == ["node2"] and result["duration_s"] > 0, result
-    assert progress, "salt-run showed no progress"
-    assert where(HOME) == {"web1": ["node2"], "db1": ["node2"], "app1": ["node1"]}
-    still_the_same_guest("node2", "web1", after=last)
+    assert code == 0 and result["result"] is True and result["ran"] is True, docs
+    assert result["where"] == [target] and result["duration_s"] > 0, result
+    return progress, result, took
+
+
+HOPS = (("node1", "node2"), ("node2", "node1"))
+
+
+def test_web1s_counter_goes_on_through_migrations_there_and_back_with_pauses_like_raw_xls(applied):
+    """Done-when 1: node1 -> node2 -> node1 by raw xl migrate, then the same through salt-run."""
+    trips, record = {"raw": [], "runner": []}, {}
+    on_disk = [on_disk_beat("node1", "web1")]
+    for kind in ("raw", "runner"):
+        for source, target in HOPS:
+            before = newest_beat("web1", source)
+            if kind == "raw":
+                took = raw_xl_migrate("web1", source, target)
+            else:
+                progress, result, took = runner_migrate("web1", target)
+                assert progress, "salt-run showed no progress"
+                record.setdefault("runner_xl_s", []).append(result.get("xl_duration_s"))
+            assert where(HOME) == {"web1": [target], "db1": ["node2"], "app1": ["node1"]}
+            after = still_the_same_guest(target, "web1", after=before)[-1][0]
+            on_disk.append(on_disk_beat(target, "web1"))
+            trips[kind].append((before, after, round(took, 2)))
+    clock = beat_clock("web1")
+    pauses = {kind: [pause_of(clock, b, a, *hop) for (b, a, _), hop in zip(legs, HOPS)] for kind, legs in trips.items()}
+    record.update(pauses=pauses, wall_s={k: [t for _, _, t in legs] for k, legs in trips.items()}, on_disk=on_disk)
+    print(f"web1 migrations: {json.dumps(record)}")
+    # the counter on the array never goes backwards: each trip's arrival wrote a newer beat
+    assert on_disk == sorted(on_disk) and len(set(on_disk)) == len(on_disk), record
+    raw, runner = sum(pauses["raw"]), sum(pauses["runner"])
+    assert raw > 0 and runner < 3 * raw, record
 
 
 def test_evacuate_moves_every_guest_off_node2_and_drains_it(applied):
-    last = {g: beats("node2", g)[-1][0] for g in ("web1", "db1")}
+    assert where(HOME) == {"web1": ["node1"], "db1": ["node2"], "app1": ["node1"]}
+    last = {"db1": beats("node2", "db1")[-1][0]}
     code, docs = salt_run_docs("xencluster.evacuate", "node2", "transport=stream", timeout=1800)
     *progress, result = docs
     assert code == 0 and result["result"] is True and result["drained"] is True, result
     moved = sorted((m["guest"], m["from"], m["to"]) for m in result["moved"])
-    assert moved == [("db1", "node2", "node1"), ("web1", "node2", "node1")], result
+    assert moved == [("db1", "node2", "node1")], result
     assert all(m["duration_s"] > 0 for m in result["moved"]) and result["failed"] == [], result
-    assert len(progress) >= 2, progress
+    assert progress, "salt-run showed no progress"
     assert where(HOME) == {g: ["node1"] for g in HOME}
     for guest, after in last.items():
         still_the_same_guest("node1", guest, after)

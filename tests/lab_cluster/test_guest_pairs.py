@@ -1,4 +1,4 @@
-"""Guests on real disk pairs, through Salt: a PVH guest migrated and back, and md RAID1 in a guest minion.
+"""Guests on real disk pairs, through Salt: a PVH guest on its pair (listed, resources, save/restore), md RAID1 in a guest minion.
 
 Both guests get one leg per node at its stable path /dev/xencluster/<leg id>
 (tests/lab_cluster/legs.py: LVs exported crosswise over iSCSI, unit serial =
@@ -6,9 +6,9 @@ leg id, linked by xencluster_disk's udev rules).
 
 - ``probe`` (busybox + mdadm initramfs, lab/domu.py) mirrors its two legs and
   writes a numbered heartbeat every 2 s. It is created on node1, listed, its
-  block devices read, moved to node2 and back with xencluster_xl.migrate while
-  the heartbeat keeps counting; then scheduled (credit2), ballooned, given a
-  vCPU, saved and restored, and shut down cleanly.
+  block devices read; then scheduled (credit2), ballooned, given a vCPU, saved
+  and restored, and shut down cleanly. (A probe's live migration there and back
+  on its pair is test_cluster_highstate.py's DW1 step, on web1.)
 - ``mdg`` boots the lab image itself as a guest with a salt-minion (lab/guests.py).
   Through Salt, in the guest: create_mirror over its two legs with a 1 MiB
   bitmap chunk, fail and remove a leg, write while it is away, cap the resync
@@ -99,7 +99,27 @@ def beating_on(node, above=0, timeout=120):
         newest = max(beats, default=0)
         return newest > above, newest
 
-    return wait_until(f"probe heartbeat above {above} on {node}", probe, timeout)
+    try:
+        return wait_until(f"probe heartbeat above {above} on {node}", probe, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{probe_state(node)}") from None
+
+
+# What a silent probe looks like from its dom0: is it there, running, its disks and its console
+# attached (a console ring xenconsoled does not drain stops the guest at its next beat)?
+PROBE_STATE = ("xl list; xl block-list {guest}; domid=$(xl domid {guest}); "
+               "xenstore-ls /local/domain/$domid/console; pgrep -a xenconsoled; "
+               "ls -la /var/log/xen/console; iscsiadm -m session; dmesg | tail -20")  # fmt: skip
+
+
+def probe_state(node):
+    try:
+        ret = salt(node, "cmd.run_all", json.dumps(["sh", "-c", PROBE_STATE.format(guest=PROBE)]),
+                   "python_shell=False").get(node)  # fmt: skip
+    except AssertionError as exc:  # the state is a diagnosis: never hide the first failure
+        ret = str(exc)
+    text = ret.get("stdout", "") + ret.get("stderr", "") if isinstance(ret, dict) else str(ret)
+    return f"--- {node} ---\n{text[-6000:]}"
 
 
 def located():
@@ -117,8 +137,10 @@ def start_probe():
     return beating_on("node1")
 
 
-def test_probe_guest_migrates_and_back_on_its_disk_pair(pairs):
-    first = start_probe()
+def test_probe_guest_runs_on_its_disk_pair_and_is_listed(pairs):
+    # Its live migration there and back (xencluster_xl.migrate, the runner's own call) is
+    # proven on web1, a probe on the same kind of pair, by test_cluster_highstate.py's DW1 step.
+    start_probe()
 
     listed = call("node1", "xencluster_xl.list_domains")[PROBE]
     assert listed["type"] == "pvh" and listed["state"] in ("running", "blocked", "runnable"), listed
@@ -128,25 +150,10 @@ def test_probe_guest_migrates_and_back_on_its_disk_pair(pairs):
         ("xvda", legs_of(PROBE)[0], "connected"), ("xvdb", legs_of(PROBE)[1], "connected")], disks
     assert located() == ({PROBE: ["node1"]}, []), "probe must be seen on node1 only"
 
-    # node1 -> node2 over the SAN (xl migrate's ssh to "node2", /etc/hosts: the SAN address)
-    moved = call("node1", "xencluster_xl.migrate", PROBE, "node2", timeout=600)
-    assert moved["migrated"] is True and moved["checks"]["type"] == "pvh", moved
-    assert PROBE not in call("node1", "xencluster_xl.list_domains")
-    beating_on("node2", above=first)
-    assert located() == ({PROBE: ["node2"]}, [])
-
-    # ... and back: the heartbeat counter continues (the same guest, not a reboot)
-    before_back = max(heartbeats("node2"))
-    moved = call("node2", "xencluster_xl.migrate", PROBE, "node1", timeout=600)
-    assert moved["migrated"] is True, moved
-    back = beating_on("node1", above=before_back)
-    assert back > before_back > first
-    assert located() == ({PROBE: ["node1"]}, [])
-
 
 def test_probe_guest_resources_save_restore_and_shutdown(pairs):
     if PROBE not in call("node1", "xencluster_xl.list_domains"):
-        start_probe()  # the migration test left it on node1 unless it failed or ran alone
+        start_probe()  # the listing test left it on node1 unless it failed or ran alone
 
     sched = call("node1", "xencluster_xl.sched_credit2", PROBE, "weight=512", "cap=50")
     assert sched, sched

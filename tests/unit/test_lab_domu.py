@@ -126,8 +126,8 @@ def test_probe_init_script_brings_up_the_network_only_when_asked():
     assert "probe_arg probe.ip" in text and "probe_arg probe.peer" in text
     assert 'ip addr add "$addr" dev eth0' in text and "ip link set eth0 up" in text
     assert "ping -c 1 -W 1" in text
-    # the heartbeat keeps its "HB <n> " prefix; the net status goes at the end
-    assert 'msg="HB $n md=' in text and 'msg="$msg$(net_status "$peer")"' in text
+    # the heartbeat keeps its "HB <n> " prefix, then the guest's clock; the net status goes at the end
+    assert 'msg="HB $n t=$WALL md=$MDLINE"' in text and 'msg="$msg$NET"' in text
 
 
 def _probe_shell(script: str, path: str | None = None) -> subprocess.CompletedProcess:
@@ -152,7 +152,70 @@ def test_net_status_is_one_ping_with_a_one_second_timeout(tmp_path, ping_rc, wor
     fake = tmp_path / "ping"
     fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\nexit {ping_rc}\n')
     fake.chmod(0o755)
-    proc = _probe_shell('printf "HB 7 md=x%s\\n" "$(net_status 10.20.0.3)"', path=f"{tmp_path}:/usr/bin:/bin")
+    proc = _probe_shell('net_status 10.20.0.3; printf "HB 7 md=x%s\\n" "$NET"', path=f"{tmp_path}:/usr/bin:/bin")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"HB 7 md=x{word}\n"
     assert (tmp_path / "args").read_text().split() == ["-c", "1", "-W", "1", "10.20.0.3"]
+
+
+# `busybox adjtimex` (1.35.0, Debian 12 busybox-static, the probe's) as it prints with no options.
+ADJTIMEX = """    mode:         0
+-o  offset:       0 us
+-f  freq.adjust:  0 (65536 = 1ppm)
+    maxerror:     16000000
+    esterror:     16000000
+    status:       64 (UNSYNC)
+-p  timeconstant: 2
+    precision:    1 us
+    tolerance:    32768000
+-t  tick:         10000 us
+    time.tv_sec:  1795537038
+    time.tv_usec: 2901
+    return value: 5 (clock not synchronized)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no POSIX sh")
+@pytest.mark.parametrize("usec, shown", [("2901", "002901"), ("0", "000000"), ("999999", "999999")])
+def test_wall_clock_is_seconds_and_zero_padded_microseconds_from_adjtimex(tmp_path, usec, shown):
+    fake = tmp_path / "adjtimex"
+    fake.write_text(f"#!/bin/sh\ncat <<'END'\n{ADJTIMEX.replace('tv_usec: 2901', 'tv_usec: ' + usec)}END\n")
+    fake.chmod(0o755)
+    proc = _probe_shell('wall_clock; echo "$WALL"', path=f"{tmp_path}:/usr/bin:/bin")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"1795537038.{shown}\n"
+
+
+def test_the_probe_beats_every_two_seconds():
+    loop = domu.PROBE_INIT.read_text().split("while true; do", 1)[1]
+    assert "\n  sleep 2\ndone" in loop
+
+
+# /proc/mdstat in the probe (Linux 6.1), the array clean, then resyncing after a re-add.
+MDSTAT_CLEAN = """Personalities : [raid1]
+md0 : active raid1 xvdb[1] xvda[0]
+      64512 blocks super 1.2 [2/2] [UU]
+      bitmap: 0/1 pages [0KB], 65536KB chunk
+
+unused devices: <none>
+"""
+MDSTAT_DEGRADED = """Personalities : [raid1]
+md0 : active raid1 xvda[0]
+      64512 blocks super 1.2 [2/1] [U_]
+      bitmap: 1/1 pages [4KB], 65536KB chunk
+
+unused devices: <none>
+"""
+
+
+@pytest.mark.skipif(not shutil.which("sh"), reason="no POSIX sh")
+@pytest.mark.parametrize("mdstat, line", [
+    (MDSTAT_CLEAN, " 64512 blocks super 1.2 [2/2] [UU]"),
+    (MDSTAT_DEGRADED, " 64512 blocks super 1.2 [2/1] [U_]"),
+    ("Personalities : [raid1]\nunused devices: <none>\n", ""),
+])  # fmt: skip
+def test_md_line_is_the_arrays_status_line_squeezed_by_the_shell_alone(tmp_path, mdstat, line):
+    (tmp_path / "mdstat").write_text(mdstat)
+    proc = _probe_shell(f'md_line {tmp_path / "mdstat"}; echo "[$MDLINE]"')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"[{line}]\n"

@@ -741,3 +741,18 @@ def test_forget_cluster_cache_drops_xencluster_banks_and_jobs_only(tmp_path):
     assert master.forget_cluster_cache(cache) == ["xencluster", "xencluster-ops.flock", "jobs"]
     assert sorted(p.name for p in cache.iterdir()) == ["minions"]
     assert master.forget_cluster_cache(cache) == []
+
+
+def test_a_lab_whose_master_is_on_other_ports_forwards_the_advertised_publish_port(monkeypatch):
+    # A minion subscribes to the publish port its master advertises, not to its own config's.
+    monkeypatch.setattr(config, "MASTER_PUBLISH_PORT", 4525)
+    monkeypatch.setattr(config, "MASTER_RET_PORT", 4526)
+    netdev = qemu.mgmt_netdev(Node(1))
+    forwards = [part for part in netdev.split(",") if part.startswith("guestfwd=")]
+    assert forwards == [
+        "guestfwd=tcp:10.0.2.100:4505-cmd:socat - TCP:127.0.0.1:4525",
+        "guestfwd=tcp:10.0.2.100:4506-cmd:socat - TCP:127.0.0.1:4526",
+        "guestfwd=tcp:10.0.2.100:4525-cmd:socat - TCP:127.0.0.1:4525",
+    ]
+    monkeypatch.setattr(config, "MASTER_PUBLISH_PORT", 4505)
+    assert len([p for p in qemu.mgmt_netdev(Node(1)).split(",") if p.startswith("guestfwd=")]) == 2
