@@ -190,14 +190,34 @@ def beats(node, guest):
     return sorted(found, key=lambda beat: beat[0])
 
 
-def wait_until(what, probe, timeout, interval=5):
+def wait_until(what, probe, timeout, interval=5, diagnose=None):
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         ok, last = probe()
         if ok:
             return last
         time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s; last seen: {last}")
+    found = f"\n{diagnose()}" if diagnose else ""
+    raise AssertionError(f"{what}: not within {timeout} s; last seen: {last}{found}")
+
+
+# What each node says of its SAN, its iSCSI sessions (both ends) and its guests' first console
+# lines: the story of a leg that went missing, for a failure report (a CI run leaves no lab).
+SAN_REPORT = (
+    "echo '## SAN'; ip -br addr show eth1; for p in 192.168.100.1 192.168.100.2; do "
+    "ping -c 1 -W 2 $p >/dev/null 2>&1 && echo ping $p ok || echo ping $p FAIL; done; "
+    "echo '## sessions'; iscsiadm -m session -P 1 2>&1 | grep -E 'Target:|Current Portal|State' | "
+    "sed 's/^[[:space:]]*//' | paste -d' ' - - - - - | cut -c1-220; "
+    "echo '## iscsid'; systemctl is-active iscsid; journalctl -u iscsid -o short-monotonic --no-pager "
+    "| tail -n 12; echo '## kernel'; dmesg -T | grep -iE 'iscsi|connection|session|login|reinstat|scsi|"
+    "oom|blkback|md[0-9]' | tail -n 40; echo '## memory'; free -m | head -2; "
+    "echo '## guests'; xl list; for g in web1 db1 app1; do f=/var/log/xen/console/guest-$g.log; "
+    "[ -f $f ] && head -c 1500 $f | grep -aE 'probe:|xvd|md0' | head -n 8 | sed \"s/^/$g: /\"; done; true"
+)
+
+
+def san_report():
+    return "\n".join(f"===== {node} =====\n{ssh(node, SAN_REPORT, check=False)[-6000:]}" for node in NODES)
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +348,8 @@ def test_the_guests_boot_at_home_on_both_legs_and_the_vlans_connect_and_separate
         ok = ok and all(net == "ok" for g in ("web1", "db1") for _, _, net in seen[g])
         return ok, seen
 
-    wait_until("web1 and db1 mirrored on both legs and reaching each other", settled, timeout=600)
+    wait_until("web1 and db1 mirrored on both legs and reaching each other", settled, timeout=600,
+               diagnose=san_report)
     # app1 (VLAN 20) has been trying db1 (VLAN 10) all along: it never got an answer
     app1 = beats("node1", "app1")
     assert len(app1) >= 5 and {net for _, _, net in app1} == {"fail"}, app1[-5:]
