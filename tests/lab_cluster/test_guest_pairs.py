@@ -232,10 +232,10 @@ def guest_minion(pairs, lab_cluster):
         assert "xencluster_md" in guest_call("sys.list_modules")
         yield MDG
     finally:
-        try:
-            call("node1", "xencluster_xl.shutdown", MDG, "timeout=180", timeout=300)
-        except AssertionError:
-            salt("node1", "xencluster_xl.destroy", MDG)
+        # Destroyed, not shut down: its legs are removed right after (``pairs``), and an orderly
+        # Debian shutdown under nested TCG costs ~100 s of the lab tier's budget; the probe's
+        # test proves xencluster_xl.shutdown.
+        salt("node1", "xencluster_xl.destroy", MDG)
 
 
 def test_raid1_in_a_guest_resyncs_only_what_changed(guest_minion):
