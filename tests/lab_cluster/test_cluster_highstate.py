@@ -312,7 +312,11 @@ def applied(predicted):
     began = time.monotonic()
     ret = highstate()
     print(f"first highstate: {time.monotonic() - began:.0f} s")
-    return {node: by_id(ret[node]) for node in NODES}
+    applied = {node: by_id(ret[node]) for node in NODES}
+    for node, states in applied.items():  # where a slow run spent its time (pytest -s, or a failure)
+        slowest = sorted(states.values(), key=lambda s: -float(s.get("duration") or 0))[:8]
+        print(f"{node} slowest states (ms): " + ", ".join(f"{s['__id__']} {s.get('duration', 0):.0f}" for s in slowest))
+    return applied
 
 
 def _actions(changes):

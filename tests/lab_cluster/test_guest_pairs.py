@@ -202,18 +202,19 @@ def array_status():
     return guest_call("xencluster_md.status", "/dev/md0")["/dev/md0"]
 
 
-def sha_of(device, offset_mib, mib):
-    out = guest_run(["sh", "-c", f"dd if={device} bs=1M skip={offset_mib} count={mib} iflag=direct "
-                     "status=none | sha256sum"])["stdout"]  # fmt: skip
-    return out.split()[0]
+# sha256 of MiB <skip>..<skip>+<count> of the array and of each member at the same place in
+# the data (md's per-member data offset, in sectors): one call, as each costs ~15 s in the guest.
+SHAS = ('sum() {{ dd if="$1" bs=1M skip="$2" count={count} iflag=direct status=none | sha256sum; }}; '
+        'echo "/dev/md0 $(sum /dev/md0 {skip})"; '
+        'for leg in "$@"; do k=${{leg##*/}}; s=$(cat /sys/block/md0/md/dev-$k/offset); '
+        '[ $((s % 2048)) -eq 0 ] || {{ echo "$leg offset $s"; exit 1; }}; '
+        'echo "$leg $(sum "$leg" $((s / 2048 + {skip})))"; done')  # fmt: skip
 
 
-def data_offset_mib(leg):
-    """Where the data starts on a member (md's per-device offset, in sectors), in MiB."""
-    kname = leg.rsplit("/", 1)[1]
-    sectors = int(guest_run(["cat", f"/sys/block/md0/md/dev-{kname}/offset"])["stdout"])
-    assert sectors % 2048 == 0, sectors
-    return sectors // 2048
+def shas_at(legs, skip_mib, mib):
+    """{device: sha256} of the array and its legs over the same data."""
+    out = guest_run(["sh", "-c", SHAS.format(skip=skip_mib, count=mib), "shas", *legs])["stdout"]
+    return {line.split()[0]: line.split()[1] for line in out.splitlines()}
 
 
 @pytest.fixture(scope="module")
@@ -226,10 +227,15 @@ def guest_minion(pairs, lab_cluster):
     created = call("node1", "xencluster_xl.create", f"config={json.dumps(config)}", timeout=300)
     assert created["name"] == MDG, created
     try:
+        # A long timeout, not many short pings: a minion that has just started answers its first
+        # jobs slowly (~30 s under nested TCG), and every ping that times out adds a find_job
+        # job that slows it further.
         wait_until("the guest minion answers test.ping", lambda: (
-            (r := salt(MDG, "test.ping", timeout=10).get(MDG)) is True, r), 420, interval=10)
-        assert salt(MDG, "saltutil.sync_modules", timeout=120).get(MDG) is not None
-        assert "xencluster_md" in guest_call("sys.list_modules")
+            (r := salt(MDG, "test.ping", timeout=90).get(MDG)) is True, r), 480, interval=5)
+        # A fresh guest gets the module now; that it loads is the first xencluster_md call's
+        # business (call() fails on "is not available"): no sys.list_modules, ~15 s in the guest.
+        synced = salt(MDG, "saltutil.sync_modules", timeout=120).get(MDG)
+        assert isinstance(synced, list), synced
         yield MDG
     finally:
         # Destroyed, not shut down: its legs are removed right after (``pairs``), and an orderly
@@ -244,9 +250,10 @@ def test_raid1_in_a_guest_resyncs_only_what_changed(guest_minion):
                       "bitmap_chunk=1M")  # fmt: skip
     assert made["changed"] is True and made["status"]["bitmap"] == "internal", made
     guest_call("xencluster_md.set_sync_speed", "min_kbs=50000", "max_kbs=200000", "md=/dev/md0")
-    wait_until("initial resync", lambda: ((s := array_status())["sync"] is None, s["state"]), 300)
-
-    guest_run(["dd", "if=/dev/urandom", "of=/dev/md0", "bs=1M", "count=8", "oflag=direct", "status=none"])
+    # the initial resync's end, waited for in the guest (md's own wait: no polling from here)
+    guest_run(["sh", "-c", "mdadm --wait /dev/md0; dd if=/dev/urandom of=/dev/md0 bs=1M count=8 oflag=direct "
+               "status=none"])  # fmt: skip (the line's status is dd's: --wait exits 1 with nothing to wait for)
+    assert array_status()["sync"] is None
     guest_call("xencluster_md.fail_leg", "/dev/md0", legs[1])
     guest_call("xencluster_md.remove_leg", "/dev/md0", legs[1])
     degraded = array_status()
@@ -254,9 +261,8 @@ def test_raid1_in_a_guest_resyncs_only_what_changed(guest_minion):
     assert [leg["state"] for leg in degraded["legs"]].count("missing") == 1, degraded
 
     # written while the leg is away: only these chunks are dirty in the bitmap
-    guest_run(["dd", "if=/dev/urandom", "of=/dev/md0", "bs=1M", "seek=32", "count=4", "oflag=direct",
-               "status=none"])  # fmt: skip
-    bitmap = guest_run(["mdadm", "--examine-bitmap", legs[0]])["stdout"]
+    bitmap = guest_run(["sh", "-c", "dd if=/dev/urandom of=/dev/md0 bs=1M seek=32 count=4 oflag=direct status=none "
+                        f"&& mdadm --examine-bitmap {legs[0]}"])["stdout"]  # fmt: skip
     bits, dirty = map(int, re.search(r"Bitmap : ([0-9]+) bits \(chunks\), ([0-9]+) dirty", bitmap).groups())
     assert bits >= 100 and 0 < dirty <= 8, bitmap
 
@@ -272,8 +278,8 @@ def test_raid1_in_a_guest_resyncs_only_what_changed(guest_minion):
     assert sorted(leg["state"] for leg in clean["legs"]) == ["active", "active"], clean
 
     # both legs hold what was written while one was away
-    shas = {leg: sha_of(leg, data_offset_mib(leg) + 32, 4) for leg in legs}
-    assert shas[legs[0]] == shas[legs[1]] == sha_of("/dev/md0", 32, 4), shas
+    shas = shas_at(legs, 32, 4)
+    assert sorted(shas) == sorted(["/dev/md0", *legs]) and len(set(shas.values())) == 1, shas
 
 
 # --- backups of a running guest's leg (xencluster_backup on the dom0) -----------------------
@@ -284,10 +290,9 @@ MD_RULE_MASK = "/etc/udev/rules.d/64-md-raid-assembly.rules"
 FILES = 100
 
 
-def guest_sums():
-    """{file: sha256} of the guest's filesystem on its RAID1, read in the guest."""
-    out = guest_run(["sh", "-c", "cd /mnt/data && sha256sum f*"])["stdout"]
-    return {name: digest for digest, name in (line.split() for line in out.splitlines())}
+def sums(text):
+    """{file: sha256} from sha256sum's lines."""
+    return {name: digest for digest, name in (line.split() for line in text.splitlines())}
 
 
 def backup(**extra):
@@ -300,32 +305,25 @@ def backup(**extra):
     return ret
 
 
+# The fresh leg assembled read-only in the dom0 (as a guest would see it), its files summed, and
+# everything undone whatever failed: one call (each costs seconds under TCG).
+RESTORED_SUMS = ('md=/dev/md/xcrst; mdadm --assemble --readonly --run $md "$1" || exit 1; '
+                 'mkdir -p /mnt/xcrst && mount -o ro $md /mnt/xcrst && (cd /mnt/xcrst && sha256sum f*); rc=$?; '
+                 'umount /mnt/xcrst 2>/dev/null; mdadm --stop $md || rc=1; exit $rc')  # fmt: skip
+
+
 def restored_sums():
-    """{file: sha256} of the fresh leg, assembled read-only in the dom0 (as a guest would see it)."""
-    md = "/dev/md/xcrst"
-    run("node1", ["mdadm", "--assemble", "--readonly", "--run", md, f"/dev/{VG}/{FRESH}"])
-    try:
-        run("node1", ["mkdir", "-p", "/mnt/xcrst"])
-        run("node1", ["mount", "-o", "ro", md, "/mnt/xcrst"])
-        try:
-            out = run("node1", ["sh", "-c", "cd /mnt/xcrst && sha256sum f*"])["stdout"]
-        finally:
-            run("node1", ["umount", "/mnt/xcrst"])
-    finally:
-        run("node1", ["mdadm", "--stop", md])
-    return {name: digest for digest, name in (line.split() for line in out.splitlines())}
+    """{file: sha256} of the fresh leg's filesystem."""
+    return sums(run("node1", ["sh", "-c", RESTORED_SUMS, "restored", f"/dev/{VG}/{FRESH}"])["stdout"])
 
 
 def test_backup_moves_only_changed_files_and_restores_byte_for_byte(guest_minion):
     """A running guest's ext4 on its RAID1: full backup, 1% of the files changed, incremental, restore."""
     # the mirror of the test above (idempotent: also when this test runs alone)
     guest_call("xencluster_md.create_mirror", "/dev/md0", "/dev/xvdb,/dev/xvdc", "name=disk0", "bitmap_chunk=1M")
-    guest_run(["mkfs.ext4", "-q", "-F", "/dev/md0"])
-    guest_run(["mkdir", "-p", "/mnt/data"])
-    guest_run(["mount", "/dev/md0", "/mnt/data"])
     try:
-        guest_run(["sh", "-c", f"for i in $(seq 1 {FILES}); do head -c 65536 /dev/urandom > /mnt/data/f$i; done; "
-                   "sync"])  # fmt: skip
+        guest_run(["sh", "-c", "mkfs.ext4 -q -F /dev/md0 && mkdir -p /mnt/data && mount /dev/md0 /mnt/data && "
+                   f"for i in $(seq 1 {FILES}); do head -c 65536 /dev/urandom > /mnt/data/f$i; done && sync"])  # fmt: skip
         run("node1", ["mkdir", "-p", BACKUP_DEST])  # the runner's job: the target's volume, mounted
         # This module runs before the formula: dom0's udev still assembles md arrays by itself, and
         # would take the snapshot (found here: md127 holding it open). Refused before any change:
@@ -333,13 +331,13 @@ def test_backup_moves_only_changed_files_and_restores_byte_for_byte(guest_minion
                    "allow_root_fs=True", "dry_run=True")  # fmt: skip
         assert any("md auto-assembly is active" in reason for reason in dry["refused"]), dry
         # ... until it is masked as xencluster.hygiene masks it
-        run("node1", ["cp", "/dev/null", MD_RULE_MASK])
-        run("node1", ["udevadm", "control", "--reload"])
+        run("node1", ["sh", "-c", f"cp /dev/null {MD_RULE_MASK} && udevadm control --reload"])
         first = backup()
         assert first["rsync"]["transferred"] == FILES and first["filesystem"]["type"] == "ext4", first
 
-        guest_run(["sh", "-c", "head -c 65536 /dev/urandom > /mnt/data/f7 && sync"])  # 1% of the files
-        expected = guest_sums()
+        # 1% of the files changed; what the guest then holds
+        expected = sums(guest_run(["sh", "-c", "head -c 65536 /dev/urandom > /mnt/data/f7 && sync && "
+                                   "cd /mnt/data && sha256sum f*"])["stdout"])  # fmt: skip
         second = backup()
         assert second["backup"] != first["backup"] and second["link_dest"], second
         # only the changed file moved; the 99 others are hard links to the first backup
@@ -351,9 +349,9 @@ def test_backup_moves_only_changed_files_and_restores_byte_for_byte(guest_minion
 
         # a fresh leg with an md superblock (a new pair, mirrored once: here by the dom0), restored into
         call("node1", "xencluster_lvm.lv_create", VG, FRESH, "128M")
-        run("node1", ["mdadm", "--create", "/dev/md/xcrst", "--level=1", "--raid-devices=2", "--metadata=1.2",
-                      "--bitmap=internal", "--run", "--force", f"/dev/{VG}/{FRESH}", "missing"])  # fmt: skip
-        run("node1", ["mdadm", "--stop", "/dev/md/xcrst"])
+        run("node1", ["sh", "-c", 'mdadm --create /dev/md/xcrst --level=1 --raid-devices=2 --metadata=1.2 '
+                      '--bitmap=internal --run --force "$1" missing && mdadm --stop /dev/md/xcrst', "create",
+                      f"/dev/{VG}/{FRESH}"])  # fmt: skip
         restored = call("node1", "xencluster_backup.restore_leg", VG, FRESH, BACKUP_DEST, "mkfs=True",
                         timeout=900)  # fmt: skip
         assert isinstance(restored, dict) and restored["result"] is True, restored
@@ -361,5 +359,4 @@ def test_backup_moves_only_changed_files_and_restores_byte_for_byte(guest_minion
         assert restored_sums() == expected
     finally:
         guest_run(["umount", "/mnt/data"], ok=(0, 1, 32))
-        run("node1", ["rm", "-rf", "/var/tmp/xc-lab-backup", MD_RULE_MASK])
-        run("node1", ["udevadm", "control", "--reload"])
+        run("node1", ["sh", "-c", f"rm -rf /var/tmp/xc-lab-backup {MD_RULE_MASK} && udevadm control --reload"])

@@ -69,13 +69,9 @@ def test_private_san_link_joins_the_dom0s(lab_cluster):
 
 
 def test_extension_syncs_to_dom0s_and_runs(lab_cluster):
+    # The session synced it (saltutil.sync_all) and saw every module load (conftest.py): a
+    # second sync costs 30-60 s under TCG and proves nothing more. Here: the modules answer.
     nodes = ",".join(lab_cluster)
-    synced = salt(nodes, "saltutil.sync_all", "-L")
-    for node in lab_cluster:
-        assert "modules.xencluster_xl" in synced[node]["modules"] or synced[node]["modules"] == [], synced
-    modules = salt(nodes, "sys.list_modules", "-L")
-    for node in lab_cluster:
-        assert {"xencluster_xl", "xencluster_lvm"} <= set(modules[node]), modules[node]
     info = salt(nodes, "xencluster_xl.info", "-L")
     for node in lab_cluster:
         assert info[node]["xen_major"] == 4 and info[node]["xen_minor"] == 17, info[node]

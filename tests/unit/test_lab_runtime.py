@@ -588,6 +588,21 @@ def test_ssh_string_command_is_a_shell_line():
     assert ssh.argv(Node(1), Path("/k"))[-1] == "root@127.0.0.1"
 
 
+def test_ssh_shares_one_connection_per_node_under_the_run_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RUN_DIR", tmp_path)
+    argv = ssh.argv(Node(2), Path("/k"), "true")
+    assert "ControlMaster=auto" in argv and f"ControlPersist={ssh.CONTROL_PERSIST_S}" in argv
+    assert f"ControlPath={tmp_path}/ssh-node2-2222.mux" in argv
+    assert argv[-2:] == ["root@127.0.0.1", "true"]  # options before the destination
+
+
+def test_ssh_connects_alone_when_the_socket_path_cannot_be_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "RUN_DIR", tmp_path / ("d" * 100))  # too long for a unix socket
+    assert not [a for a in ssh.argv(Node(1), Path("/k"), "true") if a.startswith("Control")]
+    monkeypatch.setattr(config, "RUN_DIR", tmp_path / "absent")  # no run dir yet: nothing to share
+    assert not [a for a in ssh.argv(Node(1), Path("/k"), "true") if a.startswith("Control")]
+
+
 # --- state and lock ------------------------------------------------------------------
 
 
