@@ -293,19 +293,6 @@ def parse_copy_count(stdout: str) -> int | None:
     return None
 
 
-def json_documents(text: str) -> list:
-    """Every JSON document in ``text`` (salt-run --out=json prints one per progress event, then the return)."""
-    decoder, docs, pos = json.JSONDecoder(), [], 0
-    text = text or ""
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return docs
-        doc, pos = decoder.raw_decode(text, pos)
-        docs.append(doc)
-
-
 def placement_problem(located, guest: str, nodes: list[str], expected: str) -> str | None:
     """Why ``locate``'s answer does not show the guest on ``expected`` only (None: it does)."""
     if not isinstance(located, dict):
@@ -483,6 +470,11 @@ def _lab_modules():
     from lab import config, master, nodes, state  # pylint: disable=import-outside-toplevel
 
     return config, master, nodes, state
+
+
+def json_documents(text: str) -> list:
+    """Every JSON document salt-run printed (lab.master.json_documents)."""
+    return _lab_modules()[1].json_documents(text)
 
 
 def _say(started: float, msg: str) -> None:

@@ -341,22 +341,31 @@ def local_call(target: str, argv: Sequence[str], timeout: float) -> dict | None:
             raise LabError(f"salt {target} {' '.join(argv)}: {exc}") from exc
 
 
+def json_documents(text: str | None) -> list:
+    """Every JSON document in ``text``, in order: `salt --out=json` prints one per minion,
+    `salt-run --out=json` one per progress event and then the return. A non-JSON text raises
+    json.JSONDecodeError."""
+    decoder, docs, pos, text = json.JSONDecoder(), [], 0, text or ""
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return docs
+        doc, pos = decoder.raw_decode(text, pos)
+        docs.append(doc)
+
+
 def minion_returns(stdout: str) -> dict:
-    """Every minion's return from `salt … --out=json` (without --static): one JSON document per minion.
+    """Every minion's return from `salt … --out=json` (without --static), merged.
 
     Never --static: in Salt 3008 it runs the job as a batch, which first makes a test.ping
-    round (1.4 s per call in the lab, hundreds of calls per test run). A non-JSON text raises
-    json.JSONDecodeError.
+    round (1.4 s per call in the lab, hundreds of calls per test run).
     """
-    decoder, merged, pos = json.JSONDecoder(), {}, 0
-    while True:
-        while pos < len(stdout) and stdout[pos].isspace():
-            pos += 1
-        if pos >= len(stdout):
-            return merged
-        doc, pos = decoder.raw_decode(stdout, pos)
+    merged = {}
+    for doc in json_documents(stdout):
         if isinstance(doc, dict):
             merged.update(doc)
+    return merged
 
 
 def ping(names: Sequence[str], timeout: int = 10) -> dict[str, bool]:

@@ -79,7 +79,7 @@ xencluster:
     web1:
       type: pvh
       node: node1                     # home node: where it normally runs
-      memory: 96M                     # 80M panics at boot (the kernel reserves ~62M); smaller migrates faster
+      memory: 128M                    # 96M boots alone but crashed in the lab with its peers; 80M panics
       vcpus: 1
       sched: {weight: 256, cap: 0}    # credit2; cap 0 = no cap
       kernel: /vmlinuz                # the dom0's own kernel (Debian's symlink)
@@ -104,7 +104,7 @@ xencluster:
     db1:
       type: pvh
       node: node2
-      memory: 96M
+      memory: 128M
       vcpus: 1
       kernel: /vmlinuz
       ramdisk: /srv/domu/probe-initrd.gz
@@ -121,7 +121,7 @@ xencluster:
     app1:                             # VLAN 20: must not reach db1 on VLAN 10
       type: pvh
       node: node1
-      memory: 96M
+      memory: 128M
       vcpus: 1
       kernel: /vmlinuz
       ramdisk: /srv/domu/probe-initrd.gz

@@ -13,6 +13,7 @@ import json
 import time
 
 import pytest
+from lab.master import json_documents  # the sibling runner modules import it from here too
 from xc_helpers import MODEL_DOM0
 from xc_helpers import MODEL_GHOST
 
@@ -67,18 +68,6 @@ def test_a_refused_run_fires_prechecked_and_prints_progress(model_master, model_
 
 
 # --- evacuate / undrain / drained ---------------------------------------------------------------
-
-
-def json_documents(text):
-    """Every JSON document salt-run printed (--out=json: one per progress event, then the return)."""
-    decoder, docs, pos = json.JSONDecoder(), [], 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return docs
-        doc, pos = decoder.raw_decode(text, pos)
-        docs.append(doc)
 
 
 def drained_marks(run):

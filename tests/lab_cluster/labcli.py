@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from lab.errors import LabError
-from lab.master import local_call, minion_returns
+from lab.master import json_documents, local_call, minion_returns
 
 REPO = Path(__file__).resolve().parents[2]
 NODES = ["node1", "node2"]
@@ -60,18 +60,6 @@ def salt_run(*argv, timeout=300):
     return json.loads(proc.stdout)
 
 
-
-
-def json_documents(text):
-    """Every JSON document in ``text``: salt-run --out=json prints one per progress event, then the return."""
-    decoder, docs, pos = json.JSONDecoder(), [], 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return docs
-        doc, pos = decoder.raw_decode(text, pos)
-        docs.append(doc)
 
 
 def salt_run_docs(*argv, timeout=300):

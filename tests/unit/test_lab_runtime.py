@@ -746,6 +746,23 @@ def test_minion_returns_merges_one_document_per_minion():
         master.minion_returns("No minions matched the target.")
 
 
+def test_json_documents_keeps_every_document_in_order():
+    # `salt-run xencluster.migrate ... --out=json`: a progress event, then the return
+    assert master.json_documents('{"progress": 1}\n[2]\n"x" {"result": true}') == [{"progress": 1}, [2], "x",
+                                                                                       {"result": True}]
+    assert master.json_documents(None) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["state.highstate", "test=True", "--batch-size=1"],  # an option the in-process call does not take
+    ["xencluster_lvm.report,cmd.run", ",", "true"],  # a compound call
+    ["-L"],  # no function at all: the CLI says what is wrong
+])
+def test_local_call_leaves_what_it_does_not_take_to_the_cli(argv, monkeypatch):
+    monkeypatch.setitem(sys.modules, "salt.client", None)  # it must decide before importing Salt
+    assert master.local_call("node1", argv, timeout=5) is None
+
+
 def test_forget_cluster_cache_drops_xencluster_banks_and_jobs_only(tmp_path):
     cache = tmp_path / "cache"
     (cache / "xencluster" / "drained").mkdir(parents=True)
