@@ -466,7 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _lab_modules():
-    sys.path.insert(0, str(REPO))
+    if str(REPO) not in sys.path:  # called for every salt-run's output (json_documents): once is enough
+        sys.path.insert(0, str(REPO))
     from lab import config, master, nodes, state  # pylint: disable=import-outside-toplevel
 
     return config, master, nodes, state
