@@ -58,8 +58,9 @@ Schema (pillar key ``xencluster``; examples with every key explained:
           extra: "console=hvc0"     # printable ASCII, no '"' or '\\'
           # bootloader: pygrub      # pv/pvh only; hvm takes none of these four
           backup: nas1              # a backup target, false, or omitted (backup.default)
-          interfaces:               # ordered (eth0, eth1, ...)
-            - {vlan: 10, mac: "00:16:3e:00:00:01"}
+          interfaces:               # ordered (eth0, eth1, ...); each: vlan OR bridge, and mac
+            - {vlan: 10, mac: "00:16:3e:00:00:01"}     # on the VLAN's bridge on each node of the pair
+            - {bridge: br-lab, mac: "00:16:3e:00:00:02"}   # on this existing dom0 bridge (IFACE name)
           disks:                    # required, ordered (xvda, xvdb, ...): a list with
             - name: root            # name: (or a mapping NAME -> disk)
               size: 10G             # bytes or k/M/G/T/P/E (optionally iB)
@@ -69,6 +70,17 @@ Schema (pillar key ``xencluster``; examples with every key explained:
               stripe_size: 64k      # power of two >= 4k; only with stripes >= 2
               filesystem: ext4      # ext2|ext3|ext4|xfs|btrfs|swap|none (default none)
               backup: true          # default: true unless swap
+          provision:                # optional: how salt-run xencluster.provision installs it
+            image: /srv/xencluster/images/debian12.tar.zst   # a tar of a root filesystem on the
+                                    # dom0 that provisions (.tar .tar.gz .tgz .tar.xz .tar.zst), OR:
+            # debootstrap: {suite: bookworm, mirror: "http://deb.debian.org/debian",
+            #               variant: minbase, include: [mdadm, python3]}
+            address: 10.99.0.20/24  # static address of interfaces[0], with prefix; omit for DHCP
+            gateway: 10.99.0.1      # optional, only with address, same family (IPv4: on its subnet)
+            dns: [10.99.0.1]        # optional, 1-3 IP addresses
+            master: 10.99.0.1       # required: the salt master as the guest reaches it (IP or host name)
+            highstate: true         # default true: the guest's highstate once its minion is up
+            final_backup: false     # default false: deprovision backs it up first (needs a backup target)
       backup:                       # optional
         targets: {nas1: {node: node2, vg: backupvg}}   # where backup volumes live
         default: nas1               # optional target of guests without backup:
@@ -78,6 +90,27 @@ NAME (cluster, nodes, guests, disks, backup targets): 1-31 of ``[a-z0-9-]``
 starting with a letter or digit; guest names may not start with ``snapshot``
 or ``pvmove`` (LVM reserves them). Interface, bond and bridge names: 1-15 of
 ``[a-z0-9_-]`` starting with a letter. VG names: 1-64 of ``[A-Za-z0-9_-]``.
+
+Interfaces: ``vlan: N`` puts the NIC on the bridge of service VLAN N on
+whichever node of the pair runs the guest (each node must define VLAN N);
+``bridge: NAME`` puts it on a bridge of that name that already exists on both
+nodes of the pair, e.g. a management or lab bridge that is not a service VLAN.
+The model cannot check that such a bridge exists (it is not made by
+``xencluster_net``): a missing one fails the guest's start. It may not be a
+VLAN's bridge (write ``vlan:``), a bond, a bond link, a VLAN parent or a SAN
+interface of either node.
+
+Provisioning (``provision``): the guest's FIRST disk is its root: provisioning
+builds the md RAID1 and a filesystem on it from the dom0 (ext2, ext3, ext4 or
+xfs), unpacks ``image`` or runs ``debootstrap`` (suite: a NAME; mirror:
+default ``http://deb.debian.org/debian``; variant ``minbase`` (default) or
+``buildd``; include: at most 64 Debian package names) into it and boots it
+with the guest's ``kernel`` and ``ramdisk`` from the dom0 (so only pv and pvh
+guests with both, no bootloader). ``address``, ``gateway`` and ``dns`` set up
+``interfaces[0]``; the guest needs an interface to reach its ``master``.
+``final_backup: true`` needs the guest to have a backup target. The state
+``xencluster_guest.node_guests`` starts a provision guest only once its first
+disk's leg carries the LVM tag ``xencluster.provisioned``.
 
 Derived, per disk leg (one on each node of the disk's pair): the leg id
 ``<guest>.<disk>.<node>`` (at most 64 characters) is the LV name on its owner,
@@ -100,6 +133,7 @@ import difflib
 import ipaddress
 import logging
 import re
+import urllib.parse
 
 from salt.exceptions import SaltInvocationError
 
@@ -144,6 +178,20 @@ EXTRA = _Pattern(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,1024}", "printable ASCII witho
 MAC = _Pattern(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}", "six hex bytes separated by ':'")
 CHAP_USER = _Pattern(r"[A-Za-z0-9._:@-]{1,255}", "1-255 of A-Z a-z 0-9 . _ : @ -")
 CHAP_SECRET = _Pattern(r"[A-Za-z0-9!#%+,./:=@^_~-]{12,255}", "12-255 of A-Z a-z 0-9 !#%+,./:=@^_~-")
+IMAGE = _Pattern(
+    r"/[A-Za-z0-9._+/-]{0,4090}\.(?:tar|tar\.gz|tgz|tar\.xz|tar\.zst)",
+    "an absolute path of A-Z a-z 0-9 . _ + / -, no '..', ending in .tar, .tar.gz, .tgz, .tar.xz or .tar.zst",
+)
+PACKAGE = _Pattern(r"[a-z0-9][a-z0-9+.-]{1,127}", "a Debian package name: 2-128 of a-z 0-9 + . -")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = _Pattern(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*", "an RFC 1123 host name")
+# No spaces, quotes or shell metacharacters; no query or fragment (a mirror needs neither).
+MIRROR = _Pattern(
+    r"https?://(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+    r"(?:/(?:[A-Za-z0-9._~+=,:@-]|%[0-9A-Fa-f]{2})*)*",
+    "an http:// or https:// URL: a host name or IP address, an optional port, "
+    "a path of A-Z a-z 0-9 . _ ~ + = , : @ - and %XX",
+)
 
 TYPES = ("pvh", "pv", "hvm")
 BOND_MODES = ("active-backup", "802.3ad")
@@ -152,6 +200,12 @@ HASH_POLICIES = ("layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4")
 FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "swap", "none")
 BOOTLOADERS = ("pygrub",)
 RETENTION = ("daily", "weekly", "monthly")
+ROOT_FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs")
+VARIANTS = ("minbase", "buildd")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"  # debootstrap's own default for Debian
+MAX_PACKAGES = 64
+MAX_DNS = 3
+MAX_URL = 1024
 LV_RESERVED_PREFIXES = ("snapshot", "pvmove")
 MAX_STRIPES = 128
 MIN_MEMORY = 32 * MIB
@@ -166,8 +220,11 @@ BOND_KEYS = ("mode", "links", "mtu", "primary", "lacp_rate", "xmit_hash_policy",
 VLAN_KEYS = ("bridge", "parent")
 GUEST_KEYS = (
     "type", "node", "nodes", "vg", "memory", "vcpus", "sched", "kernel", "ramdisk",
-    "extra", "bootloader", "backup", "interfaces", "disks",
+    "extra", "bootloader", "backup", "interfaces", "disks", "provision",
 )  # fmt: skip
+INTERFACE_KEYS = ("vlan", "bridge", "mac")
+PROVISION_KEYS = ("image", "debootstrap", "address", "gateway", "dns", "master", "highstate", "final_backup")
+DEBOOTSTRAP_KEYS = ("suite", "mirror", "variant", "include")
 DISK_KEYS = ("size", "nodes", "vg", "stripes", "stripe_size", "filesystem", "backup")
 BACKUP_KEYS = ("targets", "default", "retention")
 
@@ -394,10 +451,10 @@ def _cluster(p, raw):
 # --- nodes ----------------------------------------------------------------------------------
 
 
-def _address(p, value, path):
-    """An ip_interface with an explicit prefix that can carry SAN traffic, or None."""
+def _address(p, value, path, role="a SAN address"):
+    """An ip_interface with an explicit prefix that can be ``role`` (a host's own address), or None."""
     try:
-        if not isinstance(value, str) or "/" not in value:
+        if not isinstance(value, str) or "/" not in value or "%" in value:
             raise ValueError
         iface = ipaddress.ip_interface(value)
     except ValueError:
@@ -406,7 +463,7 @@ def _address(p, value, path):
         return None
     ip, net = iface.ip, iface.network
     if ip.is_loopback or ip.is_multicast or ip.is_unspecified or ip.is_link_local:
-        p.add(path, f"{ip} cannot be a SAN address (loopback, multicast, unspecified or link-local)")
+        p.add(path, f"{ip} cannot be {role} (loopback, multicast, unspecified or link-local)")
         return None
     if ip.version == 4 and net.prefixlen < 31 and ip in (net.network_address, net.broadcast_address):
         p.add(path, f"{ip} is the network or broadcast address of {net}")
@@ -944,25 +1001,263 @@ def _mac(p, value, path, macs):
     return mac
 
 
+def _vlan_bridges(p, vlan, path, pair, ctx):
+    """{node: bridge of VLAN ``vlan`` there} for each node of the pair."""
+    bridges = {}
+    for node in pair or []:
+        vlans = ctx["nodes"][node]["vlans"]
+        if vlan is not None and vlans is not None and vlan not in vlans:
+            p.add(path, f"VLAN {vlan} has no bridge on {node}")
+        elif vlan is not None and vlans is not None:
+            bridges[node] = vlans[vlan]["bridge"]
+    return bridges
+
+
+def _not_bridges(node):
+    """{interface name: what it is} of a node's interfaces that a guest NIC must not be put on by name."""
+    roles = {}
+    for vid, spec in (node["vlans"] or {}).items():
+        roles[spec["parent"]] = f"the parent of VLAN {vid}"
+    for bond, spec in (node["bonds"] or {}).items():
+        roles[bond] = "a bond"
+        for link in (spec or {}).get("links") or []:
+            roles[link] = f"a link of {bond}"
+    for entry in node["san"] or []:
+        roles[entry["interface"]] = "a SAN interface"
+    return roles
+
+
+def _plain_bridges(p, bridge, path, pair, ctx):
+    """{node: bridge} for each node of the pair; the model cannot see whether the bridge exists."""
+    if bridge is None:
+        return {}
+    for node in pair or []:
+        spec = ctx["nodes"][node]
+        vid = next((v for v, vlan in (spec["vlans"] or {}).items() if vlan["bridge"] == bridge), None)
+        role = _not_bridges(spec).get(bridge)
+        if vid is not None:
+            p.add(path, f"{bridge} is the bridge of VLAN {vid} on {node}: write vlan: {vid} instead")
+        elif role:
+            p.add(path, f"{bridge} is {role} on {node}, not a bridge: a guest NIC goes on a bridge "
+                  "(and never on the SAN)")
+    return {node: bridge for node in pair or []}
+
+
+def _interface(p, item, it, pair, ctx):
+    """One interface: on a service VLAN's bridge (``vlan``) or on a plain dom0 bridge (``bridge``)."""
+    p.keys(item, it, INTERFACE_KEYS, ("mac",))
+    if "vlan" in item and "bridge" in item:
+        p.add(it, "takes vlan or bridge, not both")
+    elif "vlan" not in item and "bridge" not in item:
+        p.add(it, "needs vlan (a service VLAN of the model) or bridge (an existing bridge on the dom0s)")
+    mac = _mac(p, item.get("mac"), f"{it}.mac", ctx["macs"]) if "mac" in item else None
+    if "bridge" in item:
+        bridge = p.match(item["bridge"], f"{it}.bridge", IFACE, "bridge name")
+        bridges = _plain_bridges(p, bridge, f"{it}.bridge", pair, ctx)
+        return {"index": None, "vlan": None, "bridge": bridge, "mac": mac, "bridges": bridges}
+    vlan = _vlan_id(p, item.get("vlan"), f"{it}.vlan") if "vlan" in item else None
+    bridges = _vlan_bridges(p, vlan, f"{it}.vlan", pair, ctx)
+    return {"index": None, "vlan": vlan, "bridge": None, "mac": mac, "bridges": bridges}
+
+
 def _interfaces(p, raw, path, pair, ctx):
     ipath = f"{path}.interfaces"
     items = p.items(raw.get("interfaces", []), ipath, 0, 32)
     out = []
     for index, item in enumerate(items or []):
         it = f"{ipath}[{index}]"
-        if p.mapping(item, it) is None:
-            continue
-        p.keys(item, it, ("vlan", "mac"), ("vlan", "mac"))
-        vlan = _vlan_id(p, item.get("vlan"), f"{it}.vlan") if "vlan" in item else None
-        mac = _mac(p, item.get("mac"), f"{it}.mac", ctx["macs"]) if "mac" in item else None
-        bridges = {}
-        for node in pair or []:
-            vlans = ctx["nodes"][node]["vlans"]
-            if vlan is not None and vlans is not None and vlan not in vlans:
-                p.add(f"{it}.vlan", f"VLAN {vlan} has no bridge on {node}")
-            elif vlan is not None and vlans is not None:
-                bridges[node] = vlans[vlan]["bridge"]
-        out.append({"index": index, "vlan": vlan, "mac": mac, "bridges": bridges})
+        if p.mapping(item, it) is not None:
+            out.append({**_interface(p, item, it, pair, ctx), "index": index})
+    return out
+
+
+# --- provisioning (salt-run xencluster.provision) --------------------------------------------
+
+
+def _ip(value):
+    """An ip_address from a string without a prefix or scope, or None."""
+    if not isinstance(value, str) or "%" in value:
+        return None
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _host_name(value):
+    """RFC 1123, and not all digits at the end (that reads as a mistyped IP address)."""
+    return HOSTNAME.ok(value) and not value.rsplit(".", 1)[-1].isdigit()
+
+
+def _image(p, value, path):
+    if IMAGE.ok(value) and ".." not in value.split("/"):
+        return value
+    p.add(path, f"invalid image path {_show(value)} ({IMAGE.text})")
+    return None
+
+
+def _url_host_ok(url):
+    """The host of a URL that matched MIRROR is a host name or an IP address ([IPv6]), its port 1-65535."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port above 65535, an IPv4 address in brackets
+        return False
+    host = parts.hostname or ""
+    if "[" in parts.netloc:
+        ok = isinstance(_ip(host), ipaddress.IPv6Address)
+    else:
+        ok = _host_name(host) or isinstance(_ip(host), ipaddress.IPv4Address)
+    return ok and port != 0
+
+
+def _mirror(p, value, path):
+    if isinstance(value, str) and len(value) <= MAX_URL and MIRROR.ok(value) and _url_host_ok(value):
+        return value
+    p.add(path, f"invalid mirror URL {_show(value)} ({MIRROR.text}; at most {MAX_URL} characters)")
+    return None
+
+
+def _packages(p, value, path):
+    items = p.items(value, path, 0, MAX_PACKAGES)
+    out = []
+    for index, name in enumerate(items or []):
+        if not PACKAGE.ok(name):
+            p.add(f"{path}[{index}]", f"invalid package name {_show(name)} ({PACKAGE.text})")
+        elif name in out:
+            p.add(f"{path}[{index}]", f"{name} is listed twice")
+        else:
+            out.append(name)
+    return out
+
+
+def _debootstrap(p, raw, path):
+    if p.mapping(raw, path) is None:
+        return None
+    p.keys(raw, path, DEBOOTSTRAP_KEYS, ("suite",))
+    return {
+        "suite": p.match(raw["suite"], f"{path}.suite", NAME, "suite") if "suite" in raw else None,
+        "mirror": _mirror(p, raw.get("mirror", DEFAULT_MIRROR), f"{path}.mirror"),
+        "variant": p.choice(raw.get("variant", "minbase"), f"{path}.variant", VARIANTS),
+        "include": _packages(p, raw.get("include", []), f"{path}.include"),
+    }
+
+
+def _source(p, spec, path):
+    """Where the root filesystem comes from: ``image`` (a tar on the dom0) or ``debootstrap``."""
+    if "image" in spec and "debootstrap" in spec:
+        p.add(path, "takes image or debootstrap, not both")
+    elif "image" not in spec and "debootstrap" not in spec:
+        p.add(path, "needs image (a tar of a root filesystem on the dom0) or debootstrap")
+    return {
+        "source": "image" if "image" in spec else "debootstrap" if "debootstrap" in spec else None,
+        "image": _image(p, spec["image"], f"{path}.image") if "image" in spec else None,
+        "debootstrap": _debootstrap(p, spec["debootstrap"], f"{path}.debootstrap") if "debootstrap" in spec else None,
+    }
+
+
+def _gateway(p, value, path, address):
+    ip = _ip(value)
+    if ip is None or ip.is_multicast or ip.is_unspecified or ip.is_loopback:
+        p.add(path, f"invalid gateway {_show(value)} (a unicast IP address without a prefix, e.g. 10.99.0.1)")
+        return None
+    if address is None:
+        return str(ip)
+    if ip.version != address.version:
+        p.add(path, f"{ip} is IPv{ip.version} but the address {address} is IPv{address.version}")
+    elif ip == address.ip:
+        p.add(path, f"{ip} is the guest's own address")
+    elif ip.version == 4 and address.network.prefixlen < 31 and ip not in address.network:
+        p.add(path, f"{ip} is not in {address.network}: the guest reaches its gateway on its own subnet")
+    return str(ip)
+
+
+def _dns(p, value, path):
+    items = p.items(value, path, 1, MAX_DNS)
+    out = []
+    for index, item in enumerate(items or []):
+        ip = _ip(item)
+        if ip is None or ip.is_multicast or ip.is_unspecified:
+            p.add(f"{path}[{index}]", f"invalid DNS server {_show(item)} (a unicast IP address)")
+        elif str(ip) in out:
+            p.add(f"{path}[{index}]", f"{ip} is listed twice")
+        else:
+            out.append(str(ip))
+    return out
+
+
+def _network(p, spec, path, has_interface):
+    """address/gateway/dns of interfaces[0]; no address: DHCP."""
+    address = _address(p, spec["address"], f"{path}.address", "a guest address") if "address" in spec else None
+    gateway = None
+    if "gateway" in spec:
+        gateway = _gateway(p, spec["gateway"], f"{path}.gateway", address)
+        if "address" not in spec:
+            p.add(f"{path}.gateway", "only with address (a DHCP guest learns its gateway)")
+    for key in ("address", "gateway", "dns") if not has_interface else ():
+        if key in spec:
+            p.add(f"{path}.{key}", "needs an interface: it configures the guest's interfaces[0]")
+    return {
+        "address": address.with_prefixlen if address else None,
+        "gateway": gateway,
+        "dns": _dns(p, spec["dns"], f"{path}.dns") if "dns" in spec else [],
+    }
+
+
+def _master(p, value, path, has_interface):
+    if not has_interface:
+        p.add(path, "the guest reaches its master over the network: give it an interface")
+    ip = _ip(value)
+    if ip is not None and (ip.is_multicast or ip.is_unspecified or ip.is_loopback):
+        p.add(path, f"{ip} cannot be the salt master (multicast, unspecified or the guest's own loopback)")
+        return None
+    if ip is not None:
+        return str(ip)
+    if isinstance(value, str) and _host_name(value):
+        return value
+    p.add(path, f"invalid master {_show(value)} (an IP address or an RFC 1123 host name)")
+    return None
+
+
+def _check_provisionable(p, raw, path, guest):
+    """Provisioning writes a bare root filesystem on md RAID1 and boots it with a dom0 kernel and ramdisk."""
+    if guest["type"] == "hvm":
+        p.add(f"{path}.type", "hvm cannot be provisioned: an hvm guest boots a boot loader from its disk, which "
+              "provisioning does not install (it boots pv and pvh guests with a dom0 kernel and ramdisk)")
+    elif guest["type"] is not None:
+        if "bootloader" in raw:
+            p.add(f"{path}.bootloader", "a provisioned guest boots a dom0 kernel and ramdisk, not a boot loader: "
+                  "provisioning installs no boot loader or kernel in the guest for pygrub to find")
+        for key in ("kernel", "ramdisk") if "bootloader" not in raw else ():
+            if key not in raw:
+                p.add(f"{path}.{key}", "is required to provision: the guest boots a dom0 kernel whose ramdisk "
+                      "assembles the md RAID1 root")
+    root = guest["disks"][0] if guest["disks"] else None
+    if root is not None and root["filesystem"] is not None and root["filesystem"] not in ROOT_FILESYSTEMS:
+        p.add(f"{root['_path']}.filesystem", f"a provisioned guest's first disk is its root: its filesystem must "
+              f"be one of {', '.join(ROOT_FILESYSTEMS)}, not {root['filesystem']}")
+
+
+def _provision(p, raw, path, guest):
+    """The guest's ``provision`` (None without it): how ``salt-run xencluster.provision`` installs it."""
+    if raw.get("provision") is None:
+        return None
+    ppath = f"{path}.provision"
+    spec = p.mapping(raw["provision"], ppath)
+    if spec is None:
+        return None
+    p.keys(spec, ppath, PROVISION_KEYS, ("master",))
+    has_interface = isinstance(raw.get("interfaces"), list) and bool(raw["interfaces"])
+    out = {
+        **_source(p, spec, ppath),
+        **_network(p, spec, ppath, has_interface),
+        "master": _master(p, spec["master"], f"{ppath}.master", has_interface) if "master" in spec else None,
+        "highstate": p.boolean(spec.get("highstate", True), f"{ppath}.highstate"),
+        "final_backup": p.boolean(spec.get("final_backup", False), f"{ppath}.final_backup"),
+    }
+    if out["final_backup"] and guest["backup"] is None:
+        p.add(f"{ppath}.final_backup", "true needs a backup target for the guest (its backup:, or backup.default)")
+    _check_provisionable(p, raw, path, guest)
     return out
 
 
@@ -987,6 +1282,7 @@ def _guest(p, name, raw, path, ctx):
     guest["disks"] = _disks(p, raw, path, guest, ctx)
     guest["nodes"] = _check_pair(p, guest, path)
     guest["interfaces"] = _interfaces(p, raw, path, guest["nodes"], ctx)
+    guest["provision"] = _provision(p, raw, path, guest)
     guest["targets"] = sorted(leg["target"] for disk in guest["disks"] for leg in disk["legs"])
     for disk in guest["disks"]:
         disk["backup"] = bool(disk["backup"] and guest["backup"])
@@ -1112,8 +1408,14 @@ def validate(model=None):
     ``network`` and ``portal``, each guest's ``nodes`` (its pair),
     ``targets`` and ``disks`` (ordered, with ``index``, ``vdev`` and
     ``legs``: ``{"node", "vg", "lv" (leg id), "path", "device", "size",
-    "stripes", "stripe_size", "backstore", "serial", "target", "lun"}``) and each
-    interface's ``bridges`` ({node: bridge}). The module docstring documents
+    "stripes", "stripe_size", "backstore", "serial", "target", "lun"}``), its
+    ``interfaces`` (``{"index", "vlan", "bridge", "mac", "bridges"}``: ``vlan``
+    (int) and ``bridge`` None, or ``vlan`` None and ``bridge`` the plain dom0
+    bridge; ``bridges`` is {node: bridge} on each node of the pair) and its
+    ``provision``: None, or ``{"source": "image"|"debootstrap", "image",
+    "debootstrap": {"suite", "mirror", "variant", "include"} or None,
+    "address" ("ip/prefix") or None, "gateway" or None, "dns": [...],
+    "master", "highstate", "final_backup"}``. The module docstring documents
     the schema.
 
     CLI Example:
@@ -1221,7 +1523,8 @@ def node_view(node, model=None):
     "partner_addresses"], "imported": [legs of its partners it logs in to:
     "owner", "target", "lun", "serial", "portals", "path"], "peers": {node: {minion,
     initiator, portals}}, "guests": {name: guest it may run, with "home",
-    "partner" and each interface's "bridge" on this node}, "backup":
+    "partner", "provision" and each interface's "bridge" on this node:
+    ``{"index", "vlan", "mac", "bridge"}``}, "backup":
     {"targets" on this node, "retention"}}``. CHAP secrets are redacted:
     the states read them from pillar themselves.
 

@@ -63,6 +63,9 @@ lost node's guests degraded on their pair partners, after ``confirm_dead``.
 again, the returning legs re-added to each guest's md RAID1 (a bitmap
 resync), the resync followed until clean, then undrain. ``backup`` and
 ``restore_backup`` sync a guest's filesystems to its backup target and back.
+``provision`` makes a pillar guest real (legs, RAID1, OS, minion key, start,
+highstate); the reactor salt/reactor/xencluster_provision.sls maps the event
+``xencluster/guest/provision`` to it.
 
 Safety (``_begin``/``_end``): every verb that changes the cluster locks what it
 works on in the master cache (bank ``xencluster/locks``: ``guest.<name>``,
@@ -84,17 +87,19 @@ lock                 taken by
 ==================== ========================================================
 guest.<guest>        migrate (also each guest evacuate migrates), recover and
                      restore (each guest while they work on it), backup,
-                     restore_backup (the guest and the ``into`` guest)
+                     restore_backup (the guest and the ``into`` guest), provision
 node.<node>          evacuate, recover (the lost node), restore
 ==================== ========================================================
 """
 
+import base64
 import concurrent.futures
 import contextlib
 import contextvars
 import copy
 import datetime
 import fcntl
+import fnmatch
 import ipaddress
 import logging
 import math
@@ -106,8 +111,10 @@ import time
 
 import salt.cache
 import salt.client
+import salt.crypt
 import salt.loader
 import salt.utils.event
+import salt.utils.files
 import salt.utils.jid
 import salt.utils.minions
 from salt.exceptions import CommandExecutionError
@@ -1217,6 +1224,10 @@ def _rerun(verb, args):
     if verb == "restore_backup":
         extra = "".join(f" {k}={args[k]}" for k in ("backup", "into", "node") if args.get(k))
         return f"salt-run xencluster.restore_backup {args['guest']} {args['disk']}{extra} confirm=True"
+    if verb == "provision":
+        return f"salt-run xencluster.provision {args['guest']}"
+    if verb == "deprovision":
+        return f"salt-run xencluster.deprovision {args['guest']} confirm=True"
     return f"salt-run xencluster.{verb} {args['node']}"
 
 
@@ -5456,3 +5467,598 @@ def _conclude(node, out, dry_run, undrain, started):
         out["next"].append(f"salt-run xencluster.undrain {node}")
     return _node_restore_end(out, 0 if ok else 1, _restore_message(node, out["guests"], verdict, dry_run), started,
                              not dry_run)  # fmt: skip
+
+
+# --- provision: from a pillar guest to a running, configured guest ---------------------------
+
+PROVISION_EVENT_BASE = "xencluster/provision"
+PROVISION_REQUEST_TAG = "xencluster/guest/provision"
+PROVISION_ALLOW_OPT = "xencluster_provision_allow"  # master config: minion ids (globs) that may ask
+PROVISIONED_BANK = "xencluster/provisioned"  # key: guest -> {"node", "highstate_at", ...}
+INSTALL_FUN = "xencluster_provision.install"
+PLAN_FUN = "xencluster_provision.plan"
+LV_TAGS_FUN = "xencluster_lvm.lv_tags"
+PROVISIONED_TAG = "xencluster.provisioned"  # on both legs of every disk once the install finished
+DEFINED_STATE = "xencluster_guest.defined"
+RUNNING_STATE = "xencluster_guest.running"
+DEFAULT_INSTALL_TIMEOUT = 3600  # the OS install on the dom0 (tar or debootstrap)
+DEFAULT_MINION_WAIT = 900  # xl create -> the guest minion's start event
+DEFAULT_HIGHSTATE_TIMEOUT = 1800
+GUEST_KEY_BITS = 2048  # Salt's default minion key size
+KEY_DIRS = ("minions_pre", "minions_rejected", "minions_denied")  # where a stray key of the id would sit
+
+
+def _check_provision_args(guest, dry_run, timeouts, requested_by):
+    _check_name(guest, "guest")
+    if not isinstance(dry_run, bool):
+        raise SaltInvocationError(f"dry_run must be True or False: {dry_run!r}")
+    for what, value in timeouts.items():
+        _check_seconds(value, what, MAX_BACKUP_TIMEOUT)
+    if requested_by is not None and not (isinstance(requested_by, str) and _MINION_ID.fullmatch(requested_by)):
+        raise SaltInvocationError(f"requested_by must be a minion id: {requested_by!r}")
+
+
+_MINION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _allowed_requester(requested_by):
+    """None (allowed) or why ``requested_by`` may not ask (master config ``xencluster_provision_allow``)."""
+    allow = __opts__.get(PROVISION_ALLOW_OPT) or []
+    if isinstance(allow, str):
+        allow = [allow]
+    if any(isinstance(pattern, str) and fnmatch.fnmatchcase(requested_by, pattern) for pattern in allow):
+        return None
+    return (f"minion {requested_by} is not allowed to ask for provisioning (master config "
+            f"{PROVISION_ALLOW_OPT}: {', '.join(map(str, allow)) or 'empty'})")
+
+
+def _provision_refusal(guest, requested_by, message, started):
+    log.warning("xencluster.provision: request for %s%s refused: %s", guest,
+                f" from {requested_by}" if requested_by else "", message)  # fmt: skip
+    _fire_tag(f"{PROVISION_EVENT_BASE}/refused", {"guest": guest, "requested_by": requested_by, "message": message})
+    __context__["retcode"] = 1
+    return {"result": False, "retcode": 1, "guest": guest, "requested_by": requested_by, "changes": {},
+            "steps": [], "message": f"refused: {message}", "seconds": round(time.monotonic() - started, 1)}
+
+
+def provision_plan(model, guest):
+    """(home node, spec) of ``guest`` or SaltInvocationError: a guest of the model with ``provision`` (pure)."""
+    spec = model["guests"].get(guest)
+    if spec is None:
+        known = ", ".join(sorted(model["guests"])) or "none"
+        raise SaltInvocationError(f"no guest {guest} in the cluster model (guests: {known})")
+    if not spec.get("provision"):
+        raise SaltInvocationError(f"guest {guest} has no provision settings (pillar "
+                                  f"xencluster.guests.{guest}.provision): it is not provisioned by xencluster")
+    return spec["node"] or spec["nodes"][0], spec
+
+
+class _Steps:
+    """The provisioning report: each step timed, told as an event, a progress line and a journal step."""
+
+    def __init__(self, guest, op, dry_run):
+        self.guest, self.op, self.dry_run, self.done = guest, op, dry_run, []
+
+    def run(self, name, fun, *args):
+        started = time.monotonic()
+        changed, detail = fun(*args)
+        entry = {"step": name, "changed": bool(changed), "detail": detail,
+                 "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+        self.done.append(entry)
+        if not self.dry_run:
+            _fire_tag(f"{PROVISION_EVENT_BASE}/{self.guest}/{name.replace(' ', '_')}", entry)
+            _op_step(self.op, name.replace(" ", "_"), **{name.replace(" ", "_"): entry["seconds"]})
+            _progress(f"{self.guest}: {name}: {_short(detail, 400)} ({entry['seconds']} s)")
+        return detail
+
+
+class _ProvisionFailed(Exception):
+    """A step that could not be done: the message says what and where."""
+
+
+def _dom0_minions(model):
+    return {node: spec["minion"] for node, spec in model["nodes"].items()}
+
+
+def _where_runs(client, model, guest, timeout):
+    """The nodes where ``guest`` is seen now; _ProvisionFailed when any dom0 cannot tell."""
+    minions = _dom0_minions(model)
+    found = locate(tgt=sorted(minions.values()), tgt_type="list", timeout=timeout, expect=sorted(minions.values()))
+    unknown = sorted(set(found["no_answer"]) | set(found["errors"]) | set(found["unavailable"]))
+    if unknown:
+        raise _ProvisionFailed(f"cannot tell where {guest} runs: no answer from {', '.join(unknown)}")
+    by_minion = {m: n for n, m in minions.items()}
+    seen = set()
+    for name, where in found["guests"].items():
+        if _base_name(name) == guest:
+            seen |= {by_minion.get(m, m) for m in where}
+    return sorted(seen)
+
+
+def _leg_tags(client, model, spec, timeout):
+    """{leg lv: tagged?} read from each node of the pair (one LVM report each)."""
+    out = {}
+    for node in spec["nodes"]:
+        kind, rep = _call(client, model["nodes"][node]["minion"], LVM_FUN, [], {}, timeout)
+        if kind != "ok" or not isinstance(rep, dict):
+            raise _ProvisionFailed(f"no LVM report from {node}: {_short(rep)}")
+        for disk in spec["disks"]:
+            for leg in disk["legs"]:
+                if leg["node"] == node:
+                    lv = (rep.get("lvs") or {}).get(f"{leg['vg']}/{leg['lv']}")
+                    out[leg["lv"]] = bool(lv) and PROVISIONED_TAG in (lv.get("tags") or [])
+    return out
+
+
+def _provisioned_record(guest):
+    try:
+        return _ops_cache().fetch(PROVISIONED_BANK, guest) or None
+    except SaltCacheError as exc:
+        log.warning("xencluster.provision: cannot read %s/%s: %s", PROVISIONED_BANK, guest, exc)
+        return None
+
+
+def _remember_provisioned(guest, record):
+    try:
+        _ops_cache().store(PROVISIONED_BANK, guest, record)
+    except SaltCacheError as exc:
+        log.warning("xencluster.provision: cannot write %s/%s: %s", PROVISIONED_BANK, guest, exc)
+
+
+def _pki(*parts):
+    return os.path.join(__opts__["pki_dir"], *parts)
+
+
+def _seal_for(minion, private_pem, public_pem):
+    """The guest's key pair sealed to dom0 ``minion``'s own key (only that minion can open it)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    with open(_pki("minions", minion), "rb") as fh:
+        dom0_key = serialization.load_pem_public_key(fh.read())
+    key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+    oaep = padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    return {
+        "pub": public_pem,
+        "sealed_key": base64.b64encode(dom0_key.encrypt(key, oaep)).decode(),
+        "nonce": base64.b64encode(nonce).decode(),
+        "ciphertext": base64.b64encode(AESGCM(key).encrypt(nonce, private_pem.encode(), public_pem.encode())).decode(),
+    }
+
+
+def _accept_key(guest, public_pem):
+    """Accept ``public_pem`` as minion ``guest``'s key (as ``salt-key -a`` would); drop stray keys of the id."""
+    for kind in KEY_DIRS:
+        try:
+            os.unlink(_pki(kind, guest))
+            log.warning("xencluster.provision: removed the %s key of %s (a pre-seeded key replaces it)", kind, guest)
+        except FileNotFoundError:
+            pass
+    path = _pki("minions", guest)
+    tmp = f"{path}.xcprov"
+    with salt.utils.files.fopen(tmp, "w") as fh:
+        fh.write(public_pem)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return True, f"accepted the key of minion {guest} ({path})"
+
+
+def _legs_step(client, model, spec, node, dry_run, timeout):
+    summaries = _legs_back(client, model, node, dry_run, timeout)
+    errors = [e for s in summaries for e in s["errors"]]
+    if errors:
+        raise _ProvisionFailed("legs: " + "; ".join(errors))
+    actions = sum(s["actions"] for s in summaries)
+    return actions > 0, [f"{s['node']}: {s['actions']} action(s)" for s in summaries]
+
+
+def _install_step(client, model, guest, node, sealed, timeout):
+    minion = model["nodes"][node]["minion"]
+    kind, ret = _call(client, minion, INSTALL_FUN, [guest], {"minion_key": sealed}, timeout)
+    if kind != "ok" or not isinstance(ret, dict):
+        raise _ProvisionFailed(f"install on {node}: {_short(_why_not(node, minion, INSTALL_FUN, kind, ret), 900)}")
+    return ret["changed"], [f"{s['step']}: {_short(s['detail'], 200)} ({s['seconds']} s)" for s in ret["steps"]]
+
+
+def _plan_step(client, model, guest, node, timeout):
+    minion = model["nodes"][node]["minion"]
+    kind, ret = _call(client, minion, PLAN_FUN, [guest], {}, timeout)
+    if kind != "ok" or not isinstance(ret, dict):
+        raise _ProvisionFailed(f"plan on {node}: {_short(_why_not(node, minion, PLAN_FUN, kind, ret), 900)}")
+    return False, ret
+
+
+def _tag_step(client, model, spec, timeout):
+    tagged = []
+    for node in spec["nodes"]:
+        minion = model["nodes"][node]["minion"]
+        for leg in [leg for disk in spec["disks"] for leg in disk["legs"] if leg["node"] == node]:
+            kind, ret = _call(client, minion, LV_TAGS_FUN, [leg["vg"], leg["lv"]], {"add": [PROVISIONED_TAG]}, timeout)
+            if kind != "ok":
+                raise _ProvisionFailed(f"tagging {leg['vg']}/{leg['lv']} on {node}: {_short(ret)}")
+            tagged.append(f"{node}:{leg['vg']}/{leg['lv']}")
+    return True, tagged
+
+
+def _state_step(client, model, node, fun, kwarg, timeout, what):
+    minion = model["nodes"][node]["minion"]
+    kind, ret = _call(client, minion, STATE_SINGLE_FUN, [fun], kwarg, timeout)
+    states = _state_results(ret) if kind in ("ok", "error") else None
+    if not states:
+        raise _ProvisionFailed(f"{what} on {node}: {_short(_why_not(node, minion, STATE_SINGLE_FUN, kind, ret), 900)}")
+    failed = [s.get("comment") for s in states if s.get("result") is False]
+    if failed:
+        raise _ProvisionFailed(f"{what} on {node}: {_short('; '.join(map(str, failed)), 900)}")
+    return any(s.get("changes") for s in states), "; ".join(str(s.get("comment")) for s in states)
+
+
+def _ping(client, guest, timeout=10):
+    try:
+        return bool((client.cmd([guest], "test.ping", timeout=timeout, tgt_type="list") or {}).get(guest))
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def _await_minion(client, guest, bus, wait):
+    """Until the guest minion's start event (or a ping answered, for a guest already up); seconds."""
+    started = time.monotonic()
+    tag = f"salt/minion/{guest}/start"
+    if bus is None and _ping(client, guest):
+        return False, "its minion answers"
+    deadline = started + wait
+    while time.monotonic() < deadline:
+        if bus is not None and bus.get_event(wait=5, tag=tag, full=True):
+            break
+        if bus is None:
+            time.sleep(10)
+            if _ping(client, guest):
+                break
+    else:
+        raise _ProvisionFailed(f"the minion of {guest} did not start within {wait} s (guest console: "
+                               f"/var/log/xen/console/guest-{guest}.log on its node)")
+    for _ in range(6):  # the start event comes as the minion connects: it answers a moment later
+        if _ping(client, guest, timeout=20):
+            return True, f"its minion started and answers ping ({round(time.monotonic() - started)} s)"
+    raise _ProvisionFailed(f"the minion of {guest} started but does not answer test.ping")
+
+
+def _highstate_step(client, guest, timeout):
+    try:
+        answers = client.cmd([guest], "state.highstate", timeout=timeout, tgt_type="list", full_return=True) or {}
+    except Exception as exc:  # pylint: disable=broad-except
+        raise _ProvisionFailed(f"highstate of {guest}: {exc}")
+    data = answers.get(guest)
+    ret = data.get("ret") if isinstance(data, dict) else None
+    states = _state_results(ret)
+    if states is None:
+        raise _ProvisionFailed(f"highstate of {guest} did not run: {_short(ret if ret is not None else 'no answer')}")
+    failed = [str(s.get("comment")) for s in states if s.get("result") is False]
+    if failed:
+        raise _ProvisionFailed(f"highstate of {guest}: {len(failed)} state(s) failed: {_short('; '.join(failed), 900)}")
+    changed = [s for s in states if s.get("changes")]
+    return bool(changed), f"{len(states)} state(s), {len(changed)} changed"
+
+
+def _start_steps(client, model, guest, node, steps, settings):
+    """Define and start the guest on ``node`` (the single-run check of the running state), await its minion."""
+    steps.run("define", _state_step, client, model, node, DEFINED_STATE, {"name": guest}, settings["check_timeout"] * 4,
+              "xl config")
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as bus:
+        bus.subscribe(f"salt/minion/{guest}/start")
+        steps.run("start", _state_step, client, model, node, RUNNING_STATE, {"name": guest, "provisioning": True},
+                  settings["check_timeout"] * 8, "start")
+        steps.run("minion", _await_minion, client, guest, bus, settings["minion_wait"])
+
+
+def _provision_fresh(client, model, guest, spec, node, steps, settings):
+    """Everything up to a running guest whose minion answers, from legs that may not exist yet."""
+    steps.run("legs", _legs_step, client, model, spec, node, False, settings["check_timeout"] * 4)
+    tags = steps.run("check tags", lambda: (False, _leg_tags(client, model, spec, settings["check_timeout"])))
+    if not all(tags.values()):
+        private_pem, public_pem = salt.crypt.gen_keys(GUEST_KEY_BITS)
+        sealed = _seal_for(model["nodes"][node]["minion"], private_pem, public_pem)
+        steps.run("install", _install_step, client, model, guest, node, sealed, settings["install_timeout"])
+        steps.run("accept key", _accept_key, guest, public_pem)
+        steps.run("tag legs", _tag_step, client, model, spec, settings["check_timeout"])
+    _start_steps(client, model, guest, node, steps, settings)
+
+
+def _provision_dry(client, model, guest, spec, node, steps, settings):
+    where = steps.run("locate", lambda: (False, _where_runs(client, model, guest, settings["check_timeout"])))
+    if where:
+        return f"{guest} runs on {', '.join(where)}: a real run would only check its minion and highstate"
+    steps.run("legs", _legs_step, client, model, spec, node, True, settings["check_timeout"] * 4)
+    steps.run("plan", _plan_step, client, model, guest, node, settings["check_timeout"] * 2)
+    return (f"would provision {guest} on {node}: legs, arrays and filesystems, OS from "
+            f"{spec['provision']['image'] or 'debootstrap'}, key, start, minion"
+            + (", highstate" if spec["provision"]["highstate"] else ""))
+
+
+def _provision_live(client, model, guest, spec, node, steps, settings):
+    """The real run: each step skipped when already done, so a re-run finishes an interrupted one."""
+    where = steps.run("locate", lambda: (False, _where_runs(client, model, guest, settings["check_timeout"])))
+    record = _provisioned_record(guest)
+    if len(where) > 1:
+        raise _ProvisionFailed(f"DOUBLE RUN: {guest} is running on {', '.join(where)}")
+    if where:
+        tags = steps.run("check tags", lambda: (False, _leg_tags(client, model, spec, settings["check_timeout"])))
+        if not all(tags.values()):
+            raise _ProvisionFailed(f"{guest} runs on {where[0]} but its legs are not tagged {PROVISIONED_TAG}: it was "
+                                   "not started by provisioning; stop it first")
+        if record and record.get("highstate_done"):
+            return False, f"{guest} is already provisioned and running on {where[0]}: nothing to do"
+        steps.run("minion", _await_minion, client, guest, None, settings["minion_wait"])
+    else:
+        _provision_fresh(client, model, guest, spec, node, steps, settings)
+    if spec["provision"]["highstate"]:
+        steps.run("highstate", _highstate_step, client, guest, settings["highstate_timeout"])
+    _remember_provisioned(guest, {"node": where[0] if where else node, "highstate_done": True,
+                                  "at": int(time.time())})  # fmt: skip
+    return True, f"{guest} is provisioned and running on {where[0] if where else node}; its minion answers"
+
+
+def provision(guest, dry_run=False, requested_by=None, install_timeout=DEFAULT_INSTALL_TIMEOUT,
+              minion_wait=DEFAULT_MINION_WAIT, highstate_timeout=DEFAULT_HIGHSTATE_TIMEOUT,
+              check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+    """
+    Provision ``guest`` from its pillar definition: disks, OS, minion key, start, highstate.
+
+    The guest must be in the cluster model with ``provision`` settings. Steps, each skipped when
+    already done (so a re-run after a failure or an interrupted run finishes the job, never
+    making a second guest or a second set of LVs):
+
+    1. ``locate``: where the guest runs, asked of every dom0 (one that cannot tell refuses);
+    2. ``legs``: the leg state on its home node, then its partners: LVs, exports, logins;
+    3. ``install`` on the home node (``xencluster_provision.install``): the RAID1 of each disk
+       with an internal bitmap, filesystems, the OS (golden image or debootstrap), hostname,
+       network, fstab, mdadm.conf, minion config and key;
+    4. ``accept key``: the key pair was made here, on the master, and sealed to the home dom0's
+       own minion key; its public half is accepted now (no key is ever auto-accepted);
+    5. ``tag legs``: every leg gets the LVM tag ``xencluster.provisioned`` (the highstate
+       starts a provisioned guest only once it has it);
+    6. ``define``, ``start``: the xl config and ``xl create`` through the same cluster-wide
+       single-run check as the ``xencluster_guest.running`` state;
+    7. ``minion``: wait for the guest minion's start event; 8. ``highstate`` of the guest.
+
+    Each step is fired as ``xencluster/provision/<guest>/<step>`` and timed in the return.
+    ``requested_by`` (set by the reactor, salt/reactor/xencluster_provision.sls) is a minion id
+    that must match master config ``xencluster_provision_allow``; a refused request is logged
+    and changes nothing. ``dry_run=True`` prints the plan (legs with test=True, the install
+    plan of the home node) and changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.provision web2
+        salt-run xencluster.provision web2 dry_run=True
+        salt-run state.orchestrate xencluster.orchestrate.provision pillar='{"guest": "web2"}'
+    """
+    started = time.monotonic()
+    settings = {"install_timeout": install_timeout, "minion_wait": minion_wait,
+                "highstate_timeout": highstate_timeout, "check_timeout": check_timeout}  # fmt: skip
+    try:
+        _check_provision_args(guest, dry_run, settings, requested_by)
+    except SaltInvocationError as exc:  # returned, not raised: salt-run exits 0 on a raised SaltInvocationError
+        return _provision_refusal(guest, requested_by, str(exc), started)
+    if requested_by is not None:
+        why = _allowed_requester(requested_by)
+        if why:
+            return _provision_refusal(guest, requested_by, why, started)
+    try:
+        _, model = _load_model(tgt, tgt_type)
+        node, spec = provision_plan(model, guest)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _provision_refusal(guest, requested_by, str(exc), started)
+    op = None
+    if not dry_run:
+        op, refusal = _begin("provision", guest, {"guest": guest}, [_lock_key("guest", guest)], f"provision {guest}")
+        if op is None:
+            __context__["retcode"] = 1
+            return {"result": False, "retcode": 1, "guest": guest, "busy": True, "changes": {}, "steps": [],
+                    "message": refusal.get("message") or f"{guest} is busy"}  # fmt: skip
+        _close_earlier(_earlier(_interrupted_ops("provision", guest, op), False, op), "re-run: resumed", op)
+    steps = _Steps(guest, op, dry_run)
+    out = {"result": None if dry_run else True, "guest": guest, "node": node, "requested_by": requested_by,
+           "dry_run": dry_run}  # fmt: skip
+    try:
+        client = _local_client()
+        if dry_run:
+            out["message"], changed = _provision_dry(client, model, guest, spec, node, steps, settings), False
+        else:
+            changed, out["message"] = _provision_live(client, model, guest, spec, node, steps, settings)
+    except _ProvisionFailed as exc:
+        out.update(result=False, message=f"{guest}: {exc}")
+        changed = any(s["changed"] for s in steps.done)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.exception("xencluster.provision %s failed", guest)
+        out.update(result=False, message=f"{guest}: {type(exc).__name__}: {exc}")
+        changed = any(s["changed"] for s in steps.done)
+    finally:
+        _end(op, out)
+    out.update(steps=steps.done, seconds=round(time.monotonic() - started, 1),
+               changes={s["step"]: s["detail"] for s in steps.done if s["changed"]} if changed else {})
+    if not dry_run:
+        _fire_tag(f"{PROVISION_EVENT_BASE}/{guest}/{'done' if out['result'] else 'failed'}",
+                  {k: out[k] for k in ("result", "message", "steps", "seconds", "node", "requested_by")})
+        _progress(out["message"])
+    out["retcode"] = 0 if out["result"] is not False else 1
+    __context__["retcode"] = out["retcode"]
+    return out
+
+
+# --- deprovision: every trace of a provisioned guest, on both nodes and on the master ----------
+
+ABSENT_STATE = "xencluster_guest.absent"
+UNEXPORT_LIO_FUN = "xencluster_lio.unexport"
+LIO_SAVE_FUN = "xencluster_lio.save"
+LV_REMOVE_FUN = "xencluster_lvm.lv_remove"
+DEFAULT_STOP_TIMEOUT = 300  # xl shutdown, then destroy
+
+
+def _leg_portals(model, owner, partner):
+    return _portals(model["nodes"][owner], model["nodes"][partner])
+
+
+def _deprovision_plan(model, guest, spec):
+    """The removal steps as plain data: per node, the imports to drop, then the exports and LVs (pure)."""
+    imports, exports = {}, {}
+    for disk in spec["disks"]:
+        for leg in disk["legs"]:
+            partner = next(n for n in disk["nodes"] if n != leg["node"])
+            for portal in _leg_portals(model, leg["node"], partner):
+                imports.setdefault(partner, []).append({"leg": leg["lv"], "target": leg["target"], "portal": portal})
+            exports.setdefault(leg["node"], []).append({"leg": leg["lv"], "vg": leg["vg"], "lv": leg["lv"],
+                                                        "backstore": leg["backstore"], "target": leg["target"]})
+    return {"guest": guest, "nodes": list(spec["nodes"]), "stop": "xl shutdown, then destroy, wherever it runs",
+            "config": [f"{GUEST_CONFIG_DIR}/{guest}.cfg on {n}" for n in spec["nodes"]],
+            "logouts": imports, "unexports": exports,
+            "key": f"minion key {guest} (accepted, pending, rejected or denied)"}  # fmt: skip
+
+
+def _must(client, model, node, fun, args, kwarg, timeout, what):
+    kind, ret = _call(client, model["nodes"][node]["minion"], fun, args, kwarg, timeout)
+    if kind != "ok":
+        raise _ProvisionFailed(f"{what} on {node}: {_short(ret, 600)}")
+    return ret
+
+
+def _stop_everywhere(client, model, guest, spec, settings):
+    where = _where_runs(client, model, guest, settings["check_timeout"])
+    done = []
+    for node in where:
+        _state_step(client, model, node, ABSENT_STATE, {"name": guest, "timeout": settings["stop_timeout"],
+                                                         "force": True}, settings["stop_timeout"] + 60,
+                    "stop")  # fmt: skip
+        done.append(f"stopped on {node}")
+    for node in sorted(set(spec["nodes"]) - set(where)):
+        changed, comment = _state_step(client, model, node, ABSENT_STATE, {"name": guest}, settings["check_timeout"] * 4,
+                                       "config")  # fmt: skip
+        if changed:
+            done.append(f"{node}: {comment}")
+    return bool(done), done or ["not running, no config left"]
+
+
+def _drop_imports(client, model, plan_, settings):
+    done = []
+    for node, entries in sorted(plan_["logouts"].items()):
+        for entry in entries:
+            ret = _must(client, model, node, LOGOUT_FUN, [entry["target"], entry["portal"]], {"delete": True},
+                        settings["check_timeout"], f"logout of {entry['leg']}")  # fmt: skip
+            done += [f"{node}: {c}" for c in ret.get("changes") or []]
+    return bool(done), done
+
+
+def _drop_exports(client, model, plan_, settings):
+    done = []
+    for node, entries in sorted(plan_["unexports"].items()):
+        for entry in entries:
+            ret = _must(client, model, node, UNEXPORT_LIO_FUN, [entry["backstore"], entry["target"]], {},
+                        settings["check_timeout"], f"unexport of {entry['leg']}")  # fmt: skip
+            done += [f"{node}: {c}" for c in ret.get("changes") or []]
+        _must(client, model, node, LIO_SAVE_FUN, [], {}, settings["check_timeout"], "saving the LIO config")
+        for entry in entries:
+            ret = _must(client, model, node, LV_REMOVE_FUN, [entry["vg"], entry["lv"]], {}, settings["check_timeout"],
+                        f"removal of LV {entry['vg']}/{entry['lv']}")  # fmt: skip
+            if ret.get("removed"):
+                done.append(f"{node}: removed LV {entry['vg']}/{entry['lv']}")
+    return bool(done), done
+
+
+def _delete_key(guest):
+    done = []
+    for kind in ("minions", *KEY_DIRS):
+        try:
+            os.unlink(_pki(kind, guest))
+            done.append(f"deleted {kind}/{guest}")
+        except FileNotFoundError:
+            pass
+    try:
+        _ops_cache().flush(PROVISIONED_BANK, guest)
+    except SaltCacheError as exc:
+        log.warning("xencluster.deprovision: cannot forget %s in %s: %s", guest, PROVISIONED_BANK, exc)
+    return bool(done), done or [f"no key of {guest}"]
+
+
+def _final_backup(guest, spec, dry_run):
+    if not spec["provision"]["final_backup"]:
+        return None
+    ret = backup(guest, dry_run=dry_run)
+    if ret.get("result") is False:
+        raise _ProvisionFailed(f"the final backup failed, nothing was removed: {ret.get('message')}")
+    return ret.get("message")
+
+
+def deprovision(guest, confirm=False, dry_run=False, stop_timeout=DEFAULT_STOP_TIMEOUT,
+                check_timeout=DEFAULT_VERIFY_TIMEOUT, tgt=None, tgt_type="glob"):  # fmt: skip
+    """
+    Remove a provisioned guest: stop it, drop its imports, exports and LVs on both nodes, delete its key.
+
+    Destructive: the guest's disks are gone afterwards, so a real run needs ``confirm=True``
+    (``dry_run=True`` prints the plan). With pillar ``provision: {final_backup: true}`` a backup
+    (``xencluster.backup``) is taken first, and a failed backup stops before anything is
+    removed. Steps: ``stop`` (``xencluster_guest.absent`` wherever it runs, then its config on
+    both nodes), ``imports`` (logout and node record deleted on each importer), ``exports``
+    (LIO unexport, LIO config saved, ``lvremove`` on each owner), ``key`` (the minion key in
+    every state, and the provisioning record). Each step is idempotent: a re-run after a
+    failure finishes the job.
+
+    The guest stays in pillar: remove it there too, or the next highstate of its nodes
+    creates empty legs for it again (it is not started: it is not provisioned).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run xencluster.deprovision web2 dry_run=True
+        salt-run xencluster.deprovision web2 confirm=True
+    """
+    started = time.monotonic()
+    settings = {"stop_timeout": stop_timeout, "check_timeout": check_timeout}
+    try:
+        _check_provision_args(guest, dry_run, settings, None)
+        if not isinstance(confirm, bool):
+            raise SaltInvocationError(f"confirm must be True or False: {confirm!r}")
+        _, model = _load_model(tgt, tgt_type)
+        _node, spec = provision_plan(model, guest)
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return _provision_refusal(guest, None, str(exc), started)
+    plan_ = _deprovision_plan(model, guest, spec)
+    if dry_run or not confirm:
+        ok = dry_run
+        __context__["retcode"] = 0 if ok else 1
+        return {"result": None if ok else False, "retcode": 0 if ok else 1, "guest": guest, "plan": plan_,
+                "changes": {}, "message": ("the plan; nothing was removed" if ok else
+                                           f"deprovision removes {guest}'s disks: pass confirm=True (or dry_run=True)")}
+    steps = _Steps(guest, None, False)
+    out = {"result": True, "guest": guest, "plan": plan_}
+    try:
+        steps.run("final backup", lambda: (False, _final_backup(guest, spec, False)))
+        op, refusal = _begin("deprovision", guest, {"guest": guest}, [_lock_key("guest", guest)],
+                             f"deprovision {guest}")  # fmt: skip
+        if op is None:
+            raise _ProvisionFailed(refusal.get("message") or f"{guest} is busy")
+        steps.op = op
+        try:
+            client = _local_client()
+            steps.run("stop", _stop_everywhere, client, model, guest, spec, settings)
+            steps.run("imports", _drop_imports, client, model, plan_, settings)
+            steps.run("exports", _drop_exports, client, model, plan_, settings)
+            steps.run("key", _delete_key, guest)
+            out["message"] = f"{guest} is deprovisioned: its legs, exports, imports and key are gone"
+        except _ProvisionFailed as exc:
+            out.update(result=False, message=f"{guest}: {exc}")
+        finally:
+            _end(op, out)
+    except _ProvisionFailed as exc:
+        out.update(result=False, message=f"{guest}: {exc}")
+    out.update(steps=steps.done, seconds=round(time.monotonic() - started, 1),
+               changes={s["step"]: s["detail"] for s in steps.done if s["changed"]})
+    _fire_tag(f"{PROVISION_EVENT_BASE}/{guest}/deprovision/{'done' if out['result'] else 'failed'}",
+              {k: out[k] for k in ("result", "message", "steps", "seconds")})
+    _progress(out["message"])
+    out["retcode"] = 0 if out["result"] else 1
+    __context__["retcode"] = out["retcode"]
+    return out

@@ -50,6 +50,15 @@ on two nodes within the same second can still both pass. The check closes
 everything else (a guest left running, a node that is down or unreachable, a
 migration in flight).
 
+A guest with ``provision`` in the model is installed by ``salt-run
+xencluster.provision <guest>``, which tags both legs of its first disk
+``xencluster.provisioned`` as its last disk step. Until then there is nothing
+to boot: ``node_guests`` leaves such a guest stopped (``result: True``, a
+comment saying to provision it) and ``running`` refuses it unless
+``provisioning=True`` (the provisioning flow's own start). The tag of this
+node's leg is read from ``xencluster_lvm.report`` only for a provision guest
+that is not running here, at most once per run.
+
 Each run reads this dom0's domains once (``xl list -l`` and ``xl list``,
 cached in ``__context__``, forgotten after any start or stop), so a converged
 highstate costs the same number of tool calls with 100 guests as with 1, and
@@ -82,7 +91,10 @@ ALIASES = ("", "--incoming", "--migratedaway")
 STOPPED = ("shutdown", "crashed", "dying", "gone")
 GUEST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")  # the model's NAME
 
+PROVISIONED_TAG = "xencluster.provisioned"  # set on both legs of the first disk by xencluster.provision
+
 _DOMAINS = "xencluster_guest.domains"
+_LVM = "xencluster_guest.lvm"
 _CLUSTER = "xencluster_guest.cluster"
 _LOCATE_KEYS = {"guests": dict, "double_runs": list, "no_answer": list, "unavailable": dict, "errors": dict}
 
@@ -121,6 +133,15 @@ def _domains():
 def _forget_domains():
     """After a start or a stop the cached domain list is stale."""
     __context__.pop(_DOMAINS, None)
+
+
+def _lvm_report():
+    """This dom0's LVM report (three tool calls), read at most once per run and only when needed."""
+    if _LVM not in __context__:
+        if "xencluster_lvm.report" not in __salt__:
+            raise CommandExecutionError("the xencluster_lvm execution module is not available")
+        __context__[_LVM] = __salt__["xencluster_lvm.report"]()
+    return __context__[_LVM]
 
 
 def _cluster():
@@ -177,8 +198,9 @@ def guest_config(guest, node):
     The xl config dict of a guest of ``xencluster_model.node_view(node)["guests"]``. Pure.
 
     kernel/ramdisk/extra or bootloader, memory (MiB), vcpus, type, one vif per
-    interface (MAC, and the bridge of its VLAN on ``node``), two disks per
-    model disk (``guest_disks``), ``on_crash = "preserve"``. The credit2
+    interface (MAC, and its bridge on ``node``), two disks per
+    model disk (``guest_disks``), ``on_crash = "preserve"``. An interface on
+    a plain bridge (``bridge:`` in the model) has that bridge here. The credit2
     weight and cap are not in it: ``running`` applies them with
     ``xencluster_xl.sched_credit2`` right after the start.
     """
@@ -308,6 +330,50 @@ def _live_check(guest, me, minions, timeout):
     return verdict, reason
 
 
+# --- provisioned yet? ------------------------------------------------------------------
+
+
+def _not_provisioned(guest, node, report):
+    """
+    Why ``guest`` (a node_view guest) is not provisioned on ``node`` yet, or None. Pure.
+
+    ``report`` is ``xencluster_lvm.report()`` of ``node``: the leg of the
+    guest's first disk on ``node`` must exist and carry ``PROVISIONED_TAG``.
+    """
+    leg = next(leg for leg in guest["disks"][0]["legs"] if leg["node"] == node)
+    lv_name = f"{leg['vg']}/{leg['lv']}"
+    lv = report["lvs"].get(lv_name)
+    if lv is None:
+        return f"LV {lv_name} does not exist"
+    if PROVISIONED_TAG not in lv["tags"]:
+        return f"LV {lv_name} has no tag {PROVISIONED_TAG}"
+    return None
+
+
+def _provision_gate(name, view, guest, unprovisioned):
+    """None to go on with the start, or the ret of a provision guest that is not provisioned yet.
+
+    ``unprovisioned``: ``"refuse"`` (``running``: the state fails), ``"wait"``
+    (``node_guests``: not started, not a failure) or ``"start"``
+    (``running`` with ``provisioning=True``: no check).
+    """
+    if unprovisioned == "start" or not guest.get("provision"):
+        return None
+    try:
+        why = _not_provisioned(guest, view["node"], _lvm_report())
+    except (SaltInvocationError, CommandExecutionError) as exc:
+        return dict(_ret(name), comment=f"cannot tell whether {name} is provisioned, so it is not started: {exc}")
+    if why is None:
+        return None
+    hint = f"run salt-run xencluster.provision {name}"
+    if unprovisioned == "wait":
+        return dict(_ret(name), result=True, comment=f"not started: not provisioned yet ({why}); {hint}")
+    return dict(_ret(name), comment=(
+        f"{name} is not provisioned yet ({why}): not starting it; {hint} "
+        "(the provisioning flow starts it with provisioning=True)"
+    ))  # fmt: skip
+
+
 # --- file handling --------------------------------------------------------------------
 
 
@@ -419,8 +485,11 @@ def _local(name):
     return None, None
 
 
-def _start(name, view, minions, guest, check_timeout, defined_pending=False):
-    """The body of ``running`` once the model is known. ``defined_pending``: node_guests test=True."""
+def _start(name, view, minions, guest, check_timeout, defined_pending=False, unprovisioned="refuse"):
+    """The body of ``running`` once the model is known.
+
+    ``defined_pending``: node_guests test=True; ``unprovisioned``: see ``_provision_gate``.
+    """
     ret = _ret(name)
     me = view["minion"]
     path = config_path(name)
@@ -437,6 +506,9 @@ def _start(name, view, minions, guest, check_timeout, defined_pending=False):
             f"inspection): destroy it first (xencluster_xl.destroy {name}), then start it again"
         )
         return ret
+    gate = _provision_gate(name, view, guest, unprovisioned)
+    if gate is not None:
+        return gate
     if not os.path.isfile(path) and not (defined_pending and __opts__["test"]):
         ret["comment"] = f"{path} does not exist: use xencluster_guest.defined {name} first"
         return ret
@@ -483,9 +555,20 @@ def _check_timeout(check_timeout):
         raise SaltInvocationError(f"check_timeout must be 1 to 300 seconds: {check_timeout!r}")
 
 
-def running(name, check_timeout=CHECK_TIMEOUT):
+def running(name, check_timeout=CHECK_TIMEOUT, provisioning=False):
     """
     Ensure guest ``name`` runs on this dom0, after checking live that it runs nowhere else.
+
+    name
+        The guest (a name of the cluster model).
+    check_timeout
+        Seconds (1-300) the master's ``xencluster.locate`` waits for the dom0s.
+    provisioning
+        Only for the provisioning flow (``salt-run xencluster.provision``): start a
+        guest with ``provision`` in the model although its first disk's leg here
+        has no ``xencluster.provisioned`` tag yet. Without it such a guest is
+        refused (there is no OS on its disks to boot). Guests without
+        ``provision`` ignore it.
 
     Already running here: nothing to do (no question to the master). Otherwise
     the master is asked at that moment (``publish.runner`` ->
@@ -499,12 +582,20 @@ def running(name, check_timeout=CHECK_TIMEOUT):
     The model must let this node run the guest (its disks are here). A domain
     of that name that is crashed or shut down here is not replaced: destroy it
     first. ``test=True`` asks the master too (read-only) and predicts.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 state.single xencluster_guest.running web1 check_timeout=20 test=True
     """
     try:
         _check_name(name)
         _check_timeout(check_timeout)
+        if not isinstance(provisioning, bool):
+            raise SaltInvocationError(f"provisioning must be True or False: {provisioning!r}")
         view, minions, guest = _model_guest(name)
-        return _start(name, view, minions, guest, check_timeout)
+        return _start(name, view, minions, guest, check_timeout, unprovisioned="start" if provisioning else "refuse")
     except (SaltInvocationError, CommandExecutionError) as exc:
         ret = _ret(name)
         ret["comment"] = str(exc)
@@ -674,13 +765,22 @@ def node_guests(name, check_timeout=CHECK_TIMEOUT):
 
     Every guest the model lets this node run (its disks are here) is
     ``defined``; only the guests pinned to this node (``node:`` in pillar) are
-    also ``running``, each after its own live cluster-wide check. Nothing is
-    ever stopped or moved. A bad model fails the state with the validator's
+    also ``running``, each after its own live cluster-wide check, except a
+    guest with ``provision`` whose first disk's leg here has no
+    ``xencluster.provisioned`` tag yet: it is left stopped (``result: True``,
+    the comment says to run ``salt-run xencluster.provision <guest>``). Nothing
+    is ever stopped or moved. A bad model fails the state with the validator's
     message before anything is read or changed.
 
     A converged run (every config up to date, every pinned guest running
     here) reads the domains once and asks the master nothing, whatever the
     number of guests.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node1 state.single xencluster_guest.node_guests node1 test=True
     """
     ret = _ret(name)
     try:
@@ -702,7 +802,7 @@ def node_guests(name, check_timeout=CHECK_TIMEOUT):
             try:
                 sub["running"] = _start(
                     gname, view, minions, guest, check_timeout,
-                    defined_pending=sub["defined"]["result"] is None,
+                    defined_pending=sub["defined"]["result"] is None, unprovisioned="wait",
                 )  # fmt: skip
             except (SaltInvocationError, CommandExecutionError) as exc:
                 sub["running"] = dict(_ret(gname), comment=str(exc))

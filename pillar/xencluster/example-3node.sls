@@ -164,6 +164,46 @@ xencluster:
       disks:
         - {name: root, size: 8G, nodes: [xen3, xen1], vg: xcvg, filesystem: ext3}
 
+    app1:
+      # Installed by `salt-run xencluster.provision app1`: it creates the legs,
+      # builds the RAID1 and the root filesystem on the FIRST disk from the
+      # dom0, installs the OS, writes the guest's identity and salt-minion
+      # config, starts it and waits for its minion. Until then the highstate
+      # defines app1 but does not start it (its root leg has no LVM tag
+      # xencluster.provisioned yet).
+      type: pvh                        # provisioning: pv or pvh, with kernel AND ramdisk
+      node: xen2                       # (no bootloader: nothing in the guest for pygrub; no hvm)
+      nodes: [xen2, xen3]
+      vg: xcvg
+      memory: 1G
+      kernel: /srv/xen/kernels/vmlinuz-6.1          # the ramdisk must assemble the md RAID1 root
+      ramdisk: /srv/xen/kernels/initrd.img-6.1
+      extra: "root=/dev/md0 ro console=hvc0"
+      interfaces:
+        - {vlan: 20, mac: "00:16:3e:10:04:01"}      # eth0: provision.address/gateway/dns are for it
+        # eth1 on a plain dom0 bridge instead of a service VLAN: `bridge:` names a
+        # bridge that xencluster does not make (e.g. your own networkd files for a
+        # lab network). It must exist on xen2 and xen3: the model cannot check that.
+        - {bridge: br-lab, mac: "00:16:3e:10:04:02"}
+      provision:
+        # The OS: a tar of a root filesystem on the dom0 that provisions (.tar,
+        # .tar.gz, .tgz, .tar.xz or .tar.zst; absolute path, no '..') ...
+        image: /srv/xencluster/images/debian12-guest.tar.zst
+        # ... or, instead of image, debootstrap (mirror default
+        # http://deb.debian.org/debian, variant minbase (default) or buildd,
+        # include: up to 64 Debian packages):
+        # debootstrap: {suite: bookworm, mirror: "http://deb.debian.org/debian",
+        #               variant: minbase, include: [mdadm, python3]}
+        address: 10.30.20.41/24        # static address of eth0 (with prefix); omit for DHCP
+        gateway: 10.30.20.1            # optional, only with address, same IP family
+        dns: [10.30.20.2, 10.30.20.3]  # optional, 1-3 IP addresses
+        master: salt.example.net       # required: the salt master as app1 reaches it (IP or host name)
+        highstate: true                # default true: app1's highstate once its minion is up
+        final_backup: true             # default false: deprovision backs app1 up first (nas3, the default)
+      disks:                           # the first disk is the root: ext2, ext3, ext4 or xfs
+        - {name: root, size: 10G, filesystem: ext4}
+        - {name: data, size: 20G, filesystem: xfs}
+
   backup:
     targets:
       nas3: {node: xen3, vg: backupvg} # backup volumes live in xen3's backupvg

@@ -10,7 +10,13 @@ uses). Only ``publish.runner`` (the master) is a fake, answering with what
 
 The state runs as minion node1. Model: web1 (pair node1/node2, pinned to
 node1), db1 (pair node2/node1, pinned to node2), app1 (pair node2/node3, so
-node1 may not run it).
+node1 may not run it); the provisioning tests add web2 (``provision``, pinned
+to node1, its NIC on the plain bridge xcguests).
+
+``xencluster_lvm.report`` runs for real too: the fake dom0 answers ``pvs`` and
+``vgs`` with the recording ``lvm/lab-node1-snapshots`` and ``lvs`` with rows in
+that recording's format, renamed to the legs and tagged as a test says
+(SYNTHETIC: no host with provisioned legs was recorded).
 """
 
 import copy
@@ -24,6 +30,7 @@ import stat
 import pytest
 import salt.utils.yaml
 
+from saltext.xencluster.modules import xencluster_lvm as lvm_mod
 from saltext.xencluster.modules import xencluster_model as model_mod
 from saltext.xencluster.modules import xencluster_xl as xl
 from saltext.xencluster.states import xencluster_guest as guest_state
@@ -33,6 +40,11 @@ NODES = ["node1", "node2", "node3"]
 _HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 _ROW = "%-40s %5d %5lu %5d     %s  %8.1f"
 _FLAGS = {"running": "r-----", "blocked": "-b----", "paused": "--p---", "crashed": "---sc-", "shutdown": "---ss-"}
+LVM_REC = pathlib.Path(__file__).resolve().parents[1] / "recordings" / "lvm" / "lab-node1-snapshots"
+LV_ROW = next(
+    r for r in json.loads((LVM_REC / "lvs.out").read_text())["report"][0]["lv"] if r["lv_name"] == "web1-disk0-a"
+)
+TAG = "xencluster.provisioned"
 
 
 def lab_model(extra_guests=0):
@@ -63,7 +75,21 @@ class FakeDom0:
         self.calls = []
         self.events = events
         self.ignores_shutdown = set()
-        self.fail = {}  # argv[1] -> stderr
+        self.fail = {}  # argv[1] (xl) or argv[0] (LVM) -> stderr
+        self.lvs = {}  # LV name in xcvg -> its tags
+
+    def _lvm(self, argv):
+        """``pvs``/``vgs`` as recorded, ``lvs`` with one row per LV of ``self.lvs``."""
+        if argv[0] in self.fail:
+            return {"retcode": 5, "stdout": "", "stderr": self.fail[argv[0]], "pid": 1}
+        if argv[0] != "lvs":
+            return {"retcode": 0, "stdout": (LVM_REC / f"{argv[0]}.out").read_text(), "stderr": "", "pid": 1}
+        rows = [
+            dict(LV_ROW, lv_name=name, lv_path=f"/dev/xcvg/{name}", lv_attr="-wi-a-----", origin="",
+                 data_percent="", lv_tags=",".join(tags))
+            for name, tags in sorted(self.lvs.items())
+        ]  # fmt: skip
+        return {"retcode": 0, "stdout": json.dumps({"report": [{"lv": rows}]}), "stderr": "", "pid": 1}
 
     def add(self, name, state="blocked", dtype="pvh"):
         self.domains[name] = {"domid": self.next_domid, "type": dtype, "memory": 128, "vcpus": 1, "state": state}
@@ -92,6 +118,9 @@ class FakeDom0:
         assert isinstance(argv, list) and python_shell is False, argv
         self.calls.append(list(argv))
         self.events.append(" ".join(argv[:2]))
+        if argv[0] in ("pvs", "vgs", "lvs"):
+            assert argv[1:] == getattr(lvm_mod, f"{argv[0].upper()}_ARGV")[1:], argv
+            return self._lvm(argv)
         assert argv[0] == "xl", argv
         if argv[1] in self.fail:
             return {"retcode": 1, "stdout": "", "stderr": self.fail[argv[1]]}
@@ -115,6 +144,9 @@ class FakeDom0:
 
     def tool_calls(self):
         return [" ".join(c) for c in self.calls]
+
+    def lvm_calls(self):
+        return [c[0] for c in self.calls if c[0] != "xl"]
 
 
 class FakePublish:
@@ -187,9 +219,11 @@ def configure_loader_modules(dom0, publish, opts, pillar, context, config_dir):
     funcs = {f"xencluster_xl.{f}": getattr(xl, f) for f in
              ("list_domains", "render_config", "create", "shutdown", "destroy", "sched_credit2")}  # fmt: skip
     funcs.update({f"xencluster_model.{f}": getattr(model_mod, f) for f in ("validate", "node_view")})
+    funcs["xencluster_lvm.report"] = lvm_mod.report
     funcs["publish.runner"] = publish
     return {
         xl: {"__salt__": {"cmd.run_all": dom0}},
+        lvm_mod: {"__salt__": {"cmd.run_all": dom0}},
         model_mod: {"__pillar__": pillar},
         guest_state: {"__salt__": funcs, "__opts__": opts, "__context__": context},
     }
@@ -719,3 +753,201 @@ def test_virtual_needs_xencluster_xl():
         assert guest_state.__virtual__()[0] is False
     finally:
         guest_state.__salt__ = saved
+
+
+# --- interfaces on a plain bridge -----------------------------------------------------------------
+
+
+def test_config_of_an_interface_on_a_plain_bridge():
+    model = lab_model()
+    model["guests"]["web1"]["interfaces"].append({"bridge": "xcguests", "mac": "00:16:3e:00:01:02"})
+    for node in ("node1", "node2"):
+        config = guest_state.guest_config(model_mod.node_view(node, model)["guests"]["web1"], node)
+        assert config["vif"] == ["mac=00:16:3e:00:01:01,bridge=br-svc10", "mac=00:16:3e:00:01:02,bridge=xcguests"]
+
+
+def test_defined_writes_the_plain_bridge(config_dir, pillar):
+    pillar["xencluster"]["guests"]["web1"]["interfaces"] = [{"bridge": "xcguests", "mac": "00:16:3e:00:01:01"}]
+    define()
+    assert 'vif = [ "mac=00:16:3e:00:01:01,bridge=xcguests" ]\n' in (config_dir / "web1.cfg").read_text()
+
+
+# --- guests with provision: started only once provisioned ----------------------------------------
+
+NOT_TAGGED = "LV xcvg/web2.root.node1 has no tag xencluster.provisioned"
+
+
+def add_provisioned_guest(pillar, name="web2", index=3, node="node1"):
+    """A guest with ``provision`` on node1/node2, pinned to ``node``, its NIC on the plain bridge xcguests."""
+    pillar["xencluster"]["guests"][name] = {
+        "type": "pvh", "node": node, "memory": "64M", "kernel": "/vmlinuz", "ramdisk": "/srv/domu/probe-initrd.gz",
+        "interfaces": [{"bridge": "xcguests", "mac": f"00:16:3e:00:{index:02x}:01"}],
+        "disks": [
+            {"name": "root", "size": "1G", "nodes": ["node1", "node2"], "vg": "xcvg", "filesystem": "ext4"},
+            {"name": "data", "size": "1G", "nodes": ["node1", "node2"], "vg": "xcvg"},
+        ],
+        "provision": {"image": "/srv/xencluster/images/debian12-guest.tar.zst", "address": f"10.99.0.{index}/24",
+                      "master": "10.99.0.1"},
+    }  # fmt: skip
+
+
+def legs(dom0, guest="web2", tagged=False):
+    """Both disks' node1 legs of ``guest`` in node1's LVM, the root leg tagged if ``tagged``."""
+    dom0.lvs[f"{guest}.root.node1"] = [f"xc-guest={guest}"] + ([TAG] if tagged else [])
+    dom0.lvs[f"{guest}.data.node1"] = [TAG]  # only the first disk counts
+
+
+def test_not_provisioned_is_read_from_the_root_leg_on_this_node(pillar):
+    add_provisioned_guest(pillar)
+    guest = model_mod.node_view("node1", pillar["xencluster"])["guests"]["web2"]
+    not_provisioned = guest_state._not_provisioned  # pylint: disable=protected-access
+
+    def report(lvs):
+        return {"pvs": {}, "vgs": {}, "lvs": {f"xcvg/{name}": {"tags": tags} for name, tags in lvs.items()}}
+
+    assert not_provisioned(guest, "node1", report({})) == "LV xcvg/web2.root.node1 does not exist"
+    assert not_provisioned(guest, "node1", report({"web2.root.node1": ["x"], "web2.data.node1": [TAG]})) == NOT_TAGGED
+    assert not_provisioned(guest, "node1", report({"web2.root.node1": [TAG]})) is None
+    on_node2 = not_provisioned(guest, "node2", report({"web2.root.node1": [TAG]}))
+    assert on_node2 == "LV xcvg/web2.root.node2 does not exist"
+
+
+def test_node_guests_leaves_an_unprovisioned_guest_stopped(config_dir, pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    legs(dom0)
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is True, ret["comment"]
+    assert (f"web2 running: not started: not provisioned yet ({NOT_TAGGED}); run salt-run xencluster.provision web2"
+            in ret["comment"].split("\n"))  # fmt: skip
+    assert sorted(ret["changes"]["web2"]) == ["defined"]  # defined, not started
+    assert (config_dir / "web2.cfg").exists()
+    assert list(dom0.domains) == ["web1"] and len(publish.calls) == 1  # only web1 was checked and started
+    assert dom0.lvm_calls() == ["pvs", "vgs", "lvs"]
+
+
+def test_node_guests_says_when_the_root_leg_is_missing(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is True
+    assert "web2 running: not started: not provisioned yet (LV xcvg/web2.root.node1 does not exist)" in ret["comment"]
+    assert "web2" not in dom0.domains
+
+
+def test_node_guests_test_mode_predicts_the_same(config_dir, pillar, dom0, publish, opts, context):
+    add_provisioned_guest(pillar)
+    legs(dom0)
+    opts["test"] = True
+    predicted = guest_state.node_guests("node1")
+    assert predicted["result"] is None  # web1 would be defined and started
+    assert f"web2 running: not started: not provisioned yet ({NOT_TAGGED})" in predicted["comment"]
+    assert sorted(predicted["changes"]["web2"]) == ["defined"]
+    assert not config_dir.exists() and dom0.domains == {}
+    opts["test"] = False
+    new_run(context)
+    applied = guest_state.node_guests("node1")
+    steps = {g: sorted(c) for g, c in predicted["changes"].items()}
+    assert {g: sorted(c) for g, c in applied["changes"].items()} == steps
+    assert applied["changes"]["web1"]["running"] == predicted["changes"]["web1"]["running"]
+
+
+def test_node_guests_starts_a_provisioned_guest(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    legs(dom0, tagged=True)
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is True, ret["comment"]
+    assert ret["changes"]["web2"]["running"]["state"] == {"old": "not running", "new": "running"}
+    assert sorted(dom0.domains) == ["web1", "web2"] and len(publish.calls) == 2
+
+
+def test_the_lvm_report_is_read_once_per_run_and_never_when_converged(pillar, dom0, publish, context):
+    add_provisioned_guest(pillar)
+    add_provisioned_guest(pillar, "web3", index=4)
+    legs(dom0)
+    legs(dom0, "web3")
+    assert guest_state.node_guests("node1")["result"] is True
+    assert dom0.lvm_calls() == ["pvs", "vgs", "lvs"]  # one report for web2 and web3
+    # provisioned and started since: a converged run reads the domains and nothing else
+    dom0.add("web2", "blocked")
+    dom0.add("web3", "blocked")
+    new_run(context)
+    dom0.calls.clear()
+    publish.calls.clear()
+    again = guest_state.node_guests("node1")
+    assert again["result"] is True and again["changes"] == {}, again
+    assert dom0.tool_calls() == ["xl list -l", "xl list"] and publish.calls == []
+
+
+def test_an_unprovisioned_guest_pinned_elsewhere_costs_nothing(pillar, dom0, publish):
+    add_provisioned_guest(pillar, node="node2")
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is True and sorted(ret["changes"]["web2"]) == ["defined"]
+    assert dom0.lvm_calls() == []
+
+
+def test_node_guests_fails_when_lvm_cannot_tell(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    dom0.fail["lvs"] = "  Volume group xcvg not found"
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is False
+    line = next(line for line in ret["comment"].split("\n") if line.startswith("web2 running: "))
+    assert "cannot tell whether web2 is provisioned, so it is not started" in line and "lvs failed (rc 5)" in line
+    assert "web2" not in dom0.domains and "web1" in dom0.domains
+
+
+def test_running_refuses_an_unprovisioned_guest(pillar, dom0, publish, opts, context):
+    add_provisioned_guest(pillar)
+    legs(dom0)
+    define("web2")
+    for test in (False, True):
+        opts["test"] = test
+        new_run(context)
+        ret = guest_state.running("web2")
+        assert ret == {"name": "web2", "result": False, "changes": {}, "comment": (
+            f"web2 is not provisioned yet ({NOT_TAGGED}): not starting it; run salt-run xencluster.provision "
+            "web2 (the provisioning flow starts it with provisioning=True)")}  # fmt: skip
+    assert publish.calls == [] and "web2" not in dom0.domains
+
+
+def test_running_with_provisioning_starts_it_without_reading_lvm(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    define("web2")
+    ret = guest_state.running("web2", provisioning=True)
+    assert ret["result"] is True and ret["changes"]["state"] == {"old": "not running", "new": "running"}, ret
+    assert dom0.domains["web2"]["state"] == "running" and dom0.lvm_calls() == []
+    assert len(publish.calls) == 1  # the live check still runs
+
+
+def test_running_a_provisioned_guest_needs_no_argument(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    legs(dom0, tagged=True)
+    define("web2")
+    assert guest_state.running("web2")["changes"]["state"]["new"] == "running"
+
+
+def test_running_here_reads_no_tags(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    define("web2")
+    dom0.add("web2", "blocked")
+    ret = guest_state.running("web2")
+    assert ret["result"] is True and "already running" in ret["comment"] and dom0.lvm_calls() == []
+
+
+def test_provisioning_is_ignored_for_a_guest_without_provision_and_must_be_a_bool(dom0, publish):
+    define()
+    assert guest_state.running("web1", provisioning=True)["result"] is True
+    assert dom0.lvm_calls() == []
+    bad = guest_state.running("web1", provisioning="yes")
+    assert bad["result"] is False and "provisioning must be True or False: 'yes'" in bad["comment"]
+
+
+def test_without_xencluster_lvm_an_unprovisioned_guest_is_not_started(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    define("web2")
+    report = guest_state.__salt__.pop("xencluster_lvm.report")
+    try:
+        ret = guest_state.running("web2")
+    finally:
+        guest_state.__salt__["xencluster_lvm.report"] = report
+    assert ret["result"] is False
+    assert ret["comment"] == ("cannot tell whether web2 is provisioned, so it is not started: "
+                              "the xencluster_lvm execution module is not available")

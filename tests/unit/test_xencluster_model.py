@@ -129,8 +129,9 @@ def test_lab_normalised(lab):
         "target": "iqn.2025-01.lab.xen:web1.root.node1", "lun": 0,
     }  # fmt: skip
     assert [leg["node"] for leg in root["legs"]] == ["node1", "node2"]
-    assert web1["interfaces"] == [{"index": 0, "vlan": 10, "mac": "00:16:3e:00:01:01",
+    assert web1["interfaces"] == [{"index": 0, "vlan": 10, "bridge": None, "mac": "00:16:3e:00:01:01",
                                    "bridges": {"node1": "br-svc10", "node2": "br-svc10"}}]
+    assert web1["provision"] is None
     assert web1["targets"] == sorted(leg["target"] for d in web1["disks"] for leg in d["legs"])
     assert len(web1["targets"]) == 4
     assert out["backup"] == {"targets": {}, "default": None, "retention": {"daily": 0, "weekly": 0, "monthly": 0}}
@@ -219,7 +220,7 @@ def test_missing_required_sections():
         (lambda m: m["nodes"]["node1"]["vlans"][10], "bridges", "xencluster.nodes.node1.vlans.10.bridges"),
         (lambda m: m["guests"]["web1"], "memroy", "xencluster.guests.web1.memroy"),
         (lambda m: m["guests"]["web1"]["sched"], "weigth", "xencluster.guests.web1.sched.weigth"),
-        (lambda m: m["guests"]["web1"]["interfaces"][0], "bridge", "xencluster.guests.web1.interfaces[0].bridge"),
+        (lambda m: m["guests"]["web1"]["interfaces"][0], "brigde", "xencluster.guests.web1.interfaces[0].brigde"),
         (lambda m: m["guests"]["web1"]["disks"][1], "stripe", "xencluster.guests.web1.disks.data.stripe"),
     ],
 )
@@ -840,7 +841,9 @@ def test_a_broken_section_does_not_crash_or_cascade(lab):
 
 
 @pytest.mark.parametrize("bad", INJECTIONS)
-@pytest.mark.parametrize("kind", ["node", "guest", "disk", "vg", "bridge", "bond", "vlan parent", "mgmt"])
+@pytest.mark.parametrize(
+    "kind", ["node", "guest", "disk", "vg", "bridge", "bond", "vlan parent", "mgmt", "guest bridge"]
+)
 def test_injection_strings_in_names_are_rejected_on_one_line(lab, kind, bad):
     node1 = lab["nodes"]["node1"]
     if kind == "node":
@@ -857,6 +860,8 @@ def test_injection_strings_in_names_are_rejected_on_one_line(lab, kind, bad):
         node1["bonds"] = {bad: {"mode": "active-backup", "links": ["eth3"]}}
     elif kind == "vlan parent":
         node1["vlans"][10]["parent"] = bad
+    elif kind == "guest bridge":
+        lab["guests"]["web1"]["interfaces"][0] = {"bridge": bad, "mac": "00:16:3e:00:01:01"}
     else:
         node1["mgmt_interface"] = bad
     if kind == "vg" and bad == "UPPER":
@@ -919,7 +924,7 @@ def test_node_view_lab_node2_is_the_mirror_of_node1(lab):
 
 def test_node_view_three_nodes(three):
     xen2 = xm.node_view("xen2", three)
-    assert sorted(xen2["guests"]) == ["db1", "web1"]  # not win1 (xen1/xen3) nor legacy1 (xen3/xen1)
+    assert sorted(xen2["guests"]) == ["app1", "db1", "web1"]  # not win1 (xen1/xen3) nor legacy1 (xen3/xen1)
     assert {leg["partner"] for leg in xen2["owned"]} == {"xen1", "xen3"}
     assert {(leg["lv"], leg["initiator"]) for leg in xen2["owned"] if leg["guest"] == "db1"} == {
         ("db1.root.xen2", "iqn.2025-01.net.example.xen:xen3"),
@@ -931,7 +936,7 @@ def test_node_view_three_nodes(three):
     assert xen2["backup"]["targets"] == {}
     xen3 = xm.node_view("xen3.example.net", three)  # by minion id
     assert xen3["node"] == "xen3" and xen3["backup"]["targets"] == {"nas3": {"node": "xen3", "vg": "backupvg"}}
-    assert sorted(xen3["guests"]) == ["db1", "legacy1", "win1"]
+    assert sorted(xen3["guests"]) == ["app1", "db1", "legacy1", "win1"]
     assert xen3["guests"]["legacy1"]["home"] is True
 
 
@@ -993,3 +998,367 @@ IQNS = [
 @pytest.mark.parametrize("iqn", IQNS, ids=repr)
 def test_valid_iqn_agrees_with_xencluster_lio(iqn):
     assert xm._valid_iqn(iqn) == lio.valid_iqn(iqn)  # pylint: disable=protected-access
+
+
+# --- interfaces on a plain dom0 bridge ------------------------------------------------------------
+
+
+def test_an_interface_on_a_plain_bridge(lab):
+    lab["guests"]["web1"]["interfaces"].append({"bridge": "xcguests", "mac": "00:16:3e:00:01:02"})
+    web1 = xm.validate(lab)["guests"]["web1"]
+    assert web1["interfaces"][1] == {"index": 1, "vlan": None, "bridge": "xcguests", "mac": "00:16:3e:00:01:02",
+                                     "bridges": {"node1": "xcguests", "node2": "xcguests"}}
+    for node in ("node1", "node2"):
+        assert xm.node_view(node, lab)["guests"]["web1"]["interfaces"] == [
+            {"index": 0, "vlan": 10, "mac": "00:16:3e:00:01:01", "bridge": "br-svc10"},
+            {"index": 1, "vlan": None, "mac": "00:16:3e:00:01:02", "bridge": "xcguests"},
+        ]
+
+
+def test_a_plain_bridge_needs_no_vlan_on_the_nodes(lab):
+    lab["guests"]["db1"]["interfaces"] = [{"bridge": "xcguests", "mac": "00:16:3e:00:02:01"}]
+    del lab["guests"]["web1"]["interfaces"]
+    for node in ("node1", "node2"):
+        del lab["nodes"][node]["vlans"]
+    assert xm.validate(lab)["guests"]["db1"]["interfaces"][0]["bridges"] == {"node1": "xcguests", "node2": "xcguests"}
+
+
+@pytest.mark.parametrize(
+    "iface, path, text",
+    [
+        ({"vlan": 10, "bridge": "xcguests", "mac": "00:16:3e:00:01:01"}, "interfaces[0]", "takes vlan or bridge, not both"),
+        ({"mac": "00:16:3e:00:01:01"}, "interfaces[0]", "needs vlan (a service VLAN of the model) or bridge"),
+        ({"bridge": "xcguests"}, "interfaces[0].mac", "is required"),
+        ({"bridge": "br.lab", "mac": "00:16:3e:00:01:01"}, "interfaces[0].bridge", "invalid bridge name 'br.lab'"),
+        ({"bridge": 7, "mac": "00:16:3e:00:01:01"}, "interfaces[0].bridge", "invalid bridge name 7"),
+        ({"bridge": "br-svc10", "mac": "00:16:3e:00:01:01"}, "interfaces[0].bridge",
+         "br-svc10 is the bridge of VLAN 10 on node1: write vlan: 10 instead"),
+        ({"bridge": "eth1", "mac": "00:16:3e:00:01:01"}, "interfaces[0].bridge", "eth1 is a SAN interface on node1"),
+        ({"bridge": "eth2", "mac": "00:16:3e:00:01:01"}, "interfaces[0].bridge", "eth2 is the parent of VLAN 10 on node2"),
+        ({"brigde": "xcguests", "mac": "00:16:3e:00:01:01"}, "interfaces[0].brigde", "did you mean 'bridge'?"),
+    ],
+)
+def test_interface_rules(lab, iface, path, text):
+    lab["guests"]["web1"]["interfaces"] = [iface]
+    assert_problem(lab, f"xencluster.guests.web1.{path}", text)
+
+
+@pytest.mark.parametrize("bridge, text", [("bond0", "bond0 is a bond on xen1"), ("ens2f0", "ens2f0 is a link of bond0")])
+def test_a_plain_bridge_is_not_a_bond_or_a_link(three, bridge, text):
+    three["guests"]["web1"]["interfaces"][1] = {"bridge": bridge, "mac": "00:16:3e:10:00:02"}
+    assert_problem(three, "xencluster.guests.web1.interfaces[1].bridge", text)
+
+
+def test_a_plain_bridge_interface_keeps_its_mac_unique(lab):
+    lab["guests"]["db1"]["interfaces"] = [{"bridge": "xcguests", "mac": "00:16:3e:00:01:01"}]
+    assert_problem(lab, "xencluster.guests.web1.interfaces[0].mac", "duplicate MAC 00:16:3e:00:01:01")
+
+
+# --- provision --------------------------------------------------------------------------------------
+
+
+def provisioned(model, guest="web1", **provision):
+    """``model`` with ``provision`` (an image by default) on ``guest``; returns the model."""
+    spec = {"image": "/srv/xencluster/images/debian12-guest.tar.zst", "master": "10.99.0.1"}
+    spec.update(provision)
+    model["guests"][guest]["provision"] = {k: v for k, v in spec.items() if v is not None}
+    return model
+
+
+def test_provision_normalised_from_an_image(lab):
+    provisioned(lab, address="10.99.0.20/24", gateway="10.99.0.1", dns=["10.99.0.1", "10.99.0.2"])
+    assert xm.validate(lab)["guests"]["web1"]["provision"] == {
+        "source": "image", "image": "/srv/xencluster/images/debian12-guest.tar.zst", "debootstrap": None,
+        "address": "10.99.0.20/24", "gateway": "10.99.0.1", "dns": ["10.99.0.1", "10.99.0.2"],
+        "master": "10.99.0.1", "highstate": True, "final_backup": False,
+    }  # fmt: skip
+
+
+def test_provision_by_debootstrap_with_defaults(lab):
+    provisioned(lab, image=None, debootstrap={"suite": "bookworm"}, master="salt.example.org")
+    assert xm.validate(lab)["guests"]["web1"]["provision"] == {
+        "source": "debootstrap", "image": None,
+        "debootstrap": {"suite": "bookworm", "mirror": "http://deb.debian.org/debian", "variant": "minbase",
+                        "include": []},
+        "address": None, "gateway": None, "dns": [], "master": "salt.example.org",
+        "highstate": True, "final_backup": False,
+    }  # fmt: skip
+
+
+def test_provision_by_debootstrap_in_full(lab):
+    deb = {"suite": "bookworm", "mirror": "https://mirror.example.net:8443/debian/", "variant": "buildd",
+           "include": ["mdadm", "python3", "libstdc++6", "g++-12"]}
+    provisioned(lab, image=None, debootstrap=deb, highstate=False)
+    out = xm.validate(lab)["guests"]["web1"]["provision"]
+    assert out["debootstrap"] == deb and out["highstate"] is False
+
+
+def test_provision_ipv6_is_normalised(lab):
+    provisioned(lab, address="2001:DB8::0020/64", gateway="fe80::1", dns=["2001:db8:0::53"], master="2001:db8::1")
+    out = xm.validate(lab)["guests"]["web1"]["provision"]
+    assert (out["address"], out["gateway"], out["dns"], out["master"]) == (
+        "2001:db8::20/64", "fe80::1", ["2001:db8::53"], "2001:db8::1")
+
+
+def test_no_provision_is_none(lab):
+    assert all(g["provision"] is None for g in xm.validate(lab)["guests"].values())
+    lab["guests"]["web1"]["provision"] = None  # e.g. a pillar override switching it off
+    assert xm.validate(lab)["guests"]["web1"]["provision"] is None
+
+
+def test_provision_in_node_view_and_untouched_by_redact(lab):
+    provisioned(lab, address="10.99.0.20/24")
+    provision = xm.validate(lab)["guests"]["web1"]["provision"]
+    assert xm.redact(provision) == provision
+    for node in ("node1", "node2"):
+        assert xm.node_view(node, lab)["guests"]["web1"]["provision"] == provision
+        assert xm.node_view(node, lab)["guests"]["db1"]["provision"] is None
+
+
+def test_the_example_guest_app1(three):
+    app1 = xm.validate(three)["guests"]["app1"]
+    assert app1["provision"]["source"] == "image" and app1["provision"]["final_backup"] is True
+    assert app1["provision"]["master"] == "salt.example.net" and app1["backup"] == "nas3"
+    assert [(i["vlan"], i["bridge"]) for i in app1["interfaces"]] == [(20, None), (None, "br-lab")]
+    assert xm.node_view("xen3", three)["guests"]["app1"]["interfaces"][1]["bridge"] == "br-lab"
+
+
+@pytest.mark.parametrize(
+    "provision, path, text",
+    [
+        ("yes", "provision", "must be a mapping, not a string"),
+        ({"master": "10.99.0.1"}, "provision", "needs image (a tar of a root filesystem on the dom0) or debootstrap"),
+        ({"image": "/x.tar", "debootstrap": {"suite": "bookworm"}, "master": "10.99.0.1"}, "provision",
+         "takes image or debootstrap, not both"),
+        ({"image": "/x.tar"}, "provision.master", "is required"),
+        ({"image": "/x.tar", "mastr": "x", "master": "10.99.0.1"}, "provision.mastr", "did you mean 'master'?"),
+        ({"debootstrap": {"suite": "bookworm", "varient": "buildd"}, "master": "10.99.0.1"},
+         "provision.debootstrap.varient", "did you mean 'variant'?"),
+        ({"debootstrap": {"mirror": "http://deb.debian.org/debian"}, "master": "10.99.0.1"},
+         "provision.debootstrap.suite", "is required"),
+        ({"debootstrap": "bookworm", "master": "10.99.0.1"}, "provision.debootstrap", "must be a mapping"),
+    ],
+)
+def test_provision_shape(lab, provision, path, text):
+    lab["guests"]["web1"]["provision"] = provision
+    assert_problem(lab, f"xencluster.guests.web1.{path}", text)
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["/srv/x.tar", "/srv/x.tar.gz", "/srv/x.tgz", "/srv/x.tar.xz", "/srv/x.tar.zst", "/a/B_c+d-1.2/..x.tar"],
+)
+def test_provision_image_paths(lab, image):
+    assert xm.validate(provisioned(lab, image=image))["guests"]["web1"]["provision"]["image"] == image
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["srv/x.tar", "/srv/../x.tar", "/srv/x/..", "/../x.tar", "/srv/x.tar.bz2", "/srv/x.zip", "/srv/x", "/srv/x y.tar",
+     "/srv/$(id).tar", "/srv/x;reboot.tar", "/srv/x.tar\n", "/srv/x\n.tar", "/srv/'x'.tar", "/srv/ｘ.tar", ".tar",
+     "/" + "a" * 4100 + ".tar", "", None, 3, ["/x.tar"]],
+    ids=repr,
+)
+def test_provision_bad_image_paths(lab, image):
+    assert_problem(provisioned(lab, image=image) if image is not None else _with(lab, "image", None),
+                   "xencluster.guests.web1.provision.image", "invalid image path")
+
+
+def _with(model, key, value):
+    """web1 provisioned with ``key`` set to ``value`` (even None)."""
+    provisioned(model)
+    model["guests"]["web1"]["provision"][key] = value
+    return model
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    ["http://deb.debian.org/debian", "https://mirror.example.net:8443/debian/", "http://10.0.0.5/debian",
+     "http://[2001:db8::5]/debian", "http://apt-cacher:3142/deb.debian.org/debian", "http://x/a%20b/~u/d=1,2:3@4"],
+)
+def test_debootstrap_mirrors(lab, mirror):
+    provisioned(lab, image=None, debootstrap={"suite": "bookworm", "mirror": mirror})
+    assert xm.validate(lab)["guests"]["web1"]["provision"]["debootstrap"]["mirror"] == mirror
+
+
+@pytest.mark.parametrize(
+    "mirror",
+    ["ftp://deb.debian.org/debian", "deb.debian.org/debian", "http://", "http:///debian", "http://x y/",
+     "http://x/a b", "http://x/$(id)", "http://x/`id`", "http://x/;reboot", "http://x/a&b", "http://x/a|b",
+     "http://x/'a'", 'http://x/"a"', "http://x/a\\b", "http://x/a?b=1", "http://x/#f", "http://x/\n",
+     "http://user:secret@x/", "http://x:0/", "http://x:99999/", "http://[zz]/", "http://[10.0.0.1]/",
+     "http://2001:db8::5/", "http://999.1.1.1/", "http://-x/", "http://x/%zz", "HTTP://x/",
+     "http://x/" + "a" * 1100, 7, None],
+    ids=repr,
+)
+def test_debootstrap_bad_mirrors(lab, mirror):
+    provisioned(lab, image=None, debootstrap={"suite": "bookworm", "mirror": mirror})
+    assert_problem(lab, "xencluster.guests.web1.provision.debootstrap.mirror", "invalid mirror URL")
+
+
+@pytest.mark.parametrize(
+    "debootstrap, path, text",
+    [
+        ({"suite": "Bookworm"}, "suite", "invalid suite 'Bookworm'"),
+        ({"suite": "bookworm;reboot"}, "suite", "invalid suite"),
+        ({"suite": "bookworm", "variant": "fakechroot"}, "variant", "must be one of minbase, buildd"),
+        ({"suite": "bookworm", "include": "mdadm"}, "include", "must be a list of 0 to 64 items, not a string"),
+        ({"suite": "bookworm", "include": [f"p{i}" for i in range(65)]}, "include", "not a list of 65"),
+        ({"suite": "bookworm", "include": ["mdadm", "Mdadm"]}, "include[1]", "invalid package name 'Mdadm'"),
+        ({"suite": "bookworm", "include": ["-f"]}, "include[0]", "invalid package name"),
+        ({"suite": "bookworm", "include": ["a"]}, "include[0]", "invalid package name"),
+        ({"suite": "bookworm", "include": ["mdadm,curl"]}, "include[0]", "invalid package name"),
+        ({"suite": "bookworm", "include": ["mdadm", "mdadm"]}, "include[1]", "mdadm is listed twice"),
+    ],
+)
+def test_debootstrap_rules(lab, debootstrap, path, text):
+    provisioned(lab, image=None, debootstrap=debootstrap)
+    assert_problem(lab, f"xencluster.guests.web1.provision.debootstrap.{path}", text)
+
+
+@pytest.mark.parametrize(
+    "provision, path, text",
+    [
+        ({"address": "10.99.0.20"}, "address", "invalid address '10.99.0.20'"),
+        ({"address": "10.99.0.0/24"}, "address", "network or broadcast address"),
+        ({"address": "127.0.0.2/8"}, "address", "cannot be a guest address"),
+        ({"address": "fe80::2/64"}, "address", "cannot be a guest address"),
+        ({"gateway": "10.99.0.1"}, "gateway", "only with address (a DHCP guest learns its gateway)"),
+        ({"address": "10.99.0.20/24", "gateway": "10.99.0.1/24"}, "gateway", "invalid gateway '10.99.0.1/24'"),
+        ({"address": "10.99.0.20/24", "gateway": "gw.example.org"}, "gateway", "invalid gateway"),
+        ({"address": "10.99.0.20/24", "gateway": "2001:db8::1"}, "gateway",
+         "2001:db8::1 is IPv6 but the address 10.99.0.20/24 is IPv4"),
+        ({"address": "10.99.0.20/24", "gateway": "10.98.0.1"}, "gateway", "10.98.0.1 is not in 10.99.0.0/24"),
+        ({"address": "10.99.0.20/24", "gateway": "10.99.0.20"}, "gateway", "the guest's own address"),
+        ({"dns": "10.99.0.1"}, "dns", "must be a list of 1 to 3 items, not a string"),
+        ({"dns": []}, "dns", "not a list of 0"),
+        ({"dns": ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]}, "dns", "not a list of 4"),
+        ({"dns": ["10.0.0.1", "ns.example.org"]}, "dns[1]", "invalid DNS server 'ns.example.org'"),
+        ({"dns": ["0.0.0.0"]}, "dns[0]", "invalid DNS server"),
+        ({"dns": ["10.0.0.1", "10.0.0.1"]}, "dns[1]", "10.0.0.1 is listed twice"),
+        ({"highstate": "yes"}, "highstate", "must be true or false, not 'yes'"),
+        ({"final_backup": 1}, "final_backup", "must be true or false, not 1"),
+        ({"final_backup": True}, "final_backup", "true needs a backup target for the guest"),
+    ],
+)
+def test_provision_network_and_flags(lab, provision, path, text):
+    provisioned(lab, **provision)
+    assert_problem(lab, f"xencluster.guests.web1.provision.{path}", text)
+
+
+def test_a_gateway_of_a_point_to_point_address_may_be_off_link(lab):
+    provisioned(lab, address="10.99.0.20/32", gateway="10.99.1.1")
+    assert xm.validate(lab)["guests"]["web1"]["provision"]["gateway"] == "10.99.1.1"
+
+
+def test_final_backup_with_a_backup_target(three):
+    provisioned(three, final_backup=True)  # web1 backs up to nas3
+    assert xm.validate(three)["guests"]["web1"]["provision"]["final_backup"] is True
+    three["guests"]["web1"]["backup"] = False
+    assert_problem(three, "xencluster.guests.web1.provision.final_backup", "true needs a backup target")
+
+
+def test_provision_network_needs_an_interface(lab):
+    del lab["guests"]["web1"]["interfaces"]
+    provisioned(lab, address="10.99.0.20/24", gateway="10.99.0.1", dns=["10.99.0.1"])
+    lines = problems(lab)
+    for key in ("address", "gateway", "dns"):
+        assert f"xencluster.guests.web1.provision.{key}: needs an interface: it configures the guest's interfaces[0]" in lines
+    assert ("xencluster.guests.web1.provision.master: the guest reaches its master over the network: "
+            "give it an interface") in lines
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize("master", ["10.99.0.1", "salt", "salt.example.org", "Salt-1.example.org", "2001:db8::1"])
+def test_provision_masters(lab, master):
+    assert xm.validate(provisioned(lab, master=master))["guests"]["web1"]["provision"]["master"] == master
+
+
+@pytest.mark.parametrize(
+    "master, text",
+    [
+        ("127.0.0.1", "cannot be the salt master"),
+        ("::1", "cannot be the salt master"),
+        ("0.0.0.0", "cannot be the salt master"),
+        ("224.0.0.1", "cannot be the salt master"),
+        ("999.1.1.1", "invalid master"),
+        ("10.99.0.1:4506", "invalid master"),
+        ("10.99.0.1/24", "invalid master"),
+        ("http://salt", "invalid master"),
+        ("salt master", "invalid master"),
+        ("-salt", "invalid master"),
+        ("salt-", "invalid master"),
+        ("salt_1", "invalid master"),
+        ("salt..example", "invalid master"),
+        ("a" * 64 + ".example.org", "invalid master"),
+        ("fe80::1%eth0", "invalid master"),
+        ("", "invalid master"),
+        (3, "invalid master"),
+        (None, "invalid master"),
+    ],
+)
+def test_provision_bad_masters(lab, master, text):
+    assert_problem(_with(lab, "master", master), "xencluster.guests.web1.provision.master", text)
+
+
+def test_provisioning_needs_a_dom0_kernel_and_ramdisk(lab):
+    del lab["guests"]["web1"]["ramdisk"], lab["guests"]["web1"]["extra"]
+    assert_problem(provisioned(lab), "xencluster.guests.web1.ramdisk",
+                   "is required to provision: the guest boots a dom0 kernel whose ramdisk assembles the md RAID1 root")
+
+
+def test_provisioning_refuses_a_bootloader(lab):
+    g = lab["guests"]["web1"]
+    del g["kernel"], g["ramdisk"], g["extra"]
+    g["bootloader"] = "pygrub"
+    lines = assert_problem(provisioned(lab), "xencluster.guests.web1.bootloader",
+                           "a provisioned guest boots a dom0 kernel and ramdisk, not a boot loader")
+    assert len(lines) == 1
+
+
+def test_provisioning_refuses_hvm(three):
+    provisioned(three, guest="win1")
+    assert_problem(three, "xencluster.guests.win1.type",
+                   "hvm cannot be provisioned: an hvm guest boots a boot loader from its disk")
+
+
+@pytest.mark.parametrize("filesystem", ["ext2", "ext3", "ext4", "xfs"])
+def test_a_provisioned_root_filesystem(lab, filesystem):
+    lab["guests"]["web1"]["disks"][0]["filesystem"] = filesystem
+    assert xm.validate(provisioned(lab))["guests"]["web1"]["provision"]["source"] == "image"
+
+
+@pytest.mark.parametrize("filesystem", ["btrfs", "swap", "none", None])
+def test_a_provisioned_guest_needs_a_root_filesystem_on_its_first_disk(lab, filesystem):
+    root = lab["guests"]["web1"]["disks"][0]
+    if filesystem is None:
+        del root["filesystem"]  # none by default
+    else:
+        root["filesystem"] = filesystem
+    assert_problem(provisioned(lab), "xencluster.guests.web1.disks.root.filesystem",
+                   f"a provisioned guest's first disk is its root: its filesystem must be one of ext2, ext3, "
+                   f"ext4, xfs, not {filesystem or 'none'}")
+
+
+def test_the_first_disk_is_the_root_whatever_its_name(lab):
+    lab["guests"]["web1"]["disks"].reverse()  # data (xfs) first
+    lab["guests"]["web1"]["disks"][1]["filesystem"] = "swap"
+    assert xm.validate(provisioned(lab))["guests"]["web1"]["disks"][0]["name"] == "data"
+
+
+@pytest.mark.parametrize("bad", INJECTIONS)
+@pytest.mark.parametrize("kind", ["image", "suite", "mirror", "include", "address", "gateway", "dns", "master"])
+def test_injection_strings_in_provision_are_rejected_on_one_line(lab, kind, bad):
+    if kind in ("suite", "mirror", "include"):
+        deb = {"suite": "bookworm", kind: [bad] if kind == "include" else bad}
+        provisioned(lab, image=None, debootstrap=deb)
+    else:
+        provisioned(lab, address="10.99.0.20/24")
+        lab["guests"]["web1"]["provision"][kind] = [bad] if kind == "dns" else bad
+    if (kind, bad) in {("master", "a.b"), ("master", "UPPER"), ("master", "a" * 32),
+                       ("include", "a.b"), ("include", "a" * 32)}:
+        xm.validate(lab)  # harmless: a host name, a package name
+        return
+    lines = problems(lab)
+    assert all(line.startswith("xencluster.guests.web1.provision.") for line in lines), lines
+    assert all("\x00" not in line and "\x1b" not in line and "\n" not in line for line in lines)
