@@ -35,6 +35,8 @@ dom0 can read the private key, and the master's job cache holds only ciphertext.
 """
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -589,12 +591,34 @@ def _apply(view, guest, spec, plan_, minion_key):
     return steps
 
 
+@contextlib.contextmanager
+def _install_lock(guest, wait=INSTALL_TIMEOUT):
+    """One install of a guest at a time on this dom0: a runner killed and run again re-publishes the
+    install while the first one may still run here; the second waits, then finds the work done."""
+    os.makedirs(MOUNT_BASE, mode=0o700, exist_ok=True)
+    fd = os.open(f"{MOUNT_BASE}/{guest}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CommandExecutionError(f"another install of {guest} still runs on {__opts__['id']}")
+                time.sleep(1)
+        yield
+    finally:
+        os.close(fd)
+
+
 def install(guest, minion_key=None, test=False):
     """
     Build ``guest``'s arrays, filesystems, OS and identity on this dom0, then stop them again.
 
     Idempotent: an array of ours is assembled (never re-created), a filesystem of ours kept, the
-    OS not reinstalled once complete, and identity files rewritten only when they differ. A
+    OS not reinstalled once complete, and identity files rewritten only when they differ. Two
+    installs of one guest on a dom0 never overlap (an flock; the second waits). A
     leg with a foreign md superblock, a foreign filesystem, a missing leg or the guest existing
     on this dom0 refuses before anything changes. ``minion_key`` is the sealed key pair the
     ``xencluster.provision`` runner makes (public key accepted on the master); without it the
@@ -616,8 +640,14 @@ def install(guest, minion_key=None, test=False):
         raise CommandExecutionError(f"{guest} cannot be provisioned on {view['node']}: " + "; ".join(plan_["problems"]))
     if test:
         return {"guest": guest, "node": view["node"], "plan": plan_, "steps": [], "changed": False}
-    if shutil.which("udevadm"):
-        _run(["udevadm", "settle", "--timeout=30"], ok=(0, 1))  # leg links of a fresh login
-    steps = _apply(view, guest, spec, plan_, minion_key)
+    with _install_lock(guest):
+        if shutil.which("udevadm"):
+            _run(["udevadm", "settle", "--timeout=30"], ok=(0, 1))  # leg links of a fresh login
+        # planned again under the lock: an install that held it may have changed everything
+        plan_ = build_plan(view["cluster"]["name"], guest, spec, view["node"], _facts(spec))
+        if plan_["problems"]:
+            raise CommandExecutionError(f"{guest} cannot be provisioned on {view['node']}: "
+                                        + "; ".join(plan_["problems"]))
+        steps = _apply(view, guest, spec, plan_, minion_key)
     changed = any(step["changed"] for step in steps)
     return {"guest": guest, "node": view["node"], "plan": plan_, "steps": steps, "changed": changed}

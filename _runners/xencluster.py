@@ -5882,7 +5882,7 @@ def provision(guest, dry_run=False, requested_by=None, install_timeout=DEFAULT_I
                changes={s["step"]: s["detail"] for s in steps.done if s["changed"]} if changed else {})
     if not dry_run:
         _fire_tag(f"{PROVISION_EVENT_BASE}/{guest}/{'done' if out['result'] else 'failed'}",
-                  {k: out[k] for k in ("result", "message", "steps", "seconds", "node", "requested_by")})
+                  {k: out[k] for k in ("result", "message", "changes", "steps", "seconds", "node", "requested_by")})
         _progress(out["message"])
     out["retcode"] = 0 if out["result"] is not False else 1
     __context__["retcode"] = out["retcode"]

@@ -75,7 +75,11 @@ def settings() -> dict:
         # The shipped alert reactor (salt/reactor/xencluster_alert.sls): xencluster.monitor's
         # alerts land in this master's log. No monitor schedule: it would add commands to every
         # lab measurement; the lab test runs xencluster.monitor itself.
-        "reactor": [{"xencluster/alert/*": ["salt://reactor/xencluster_alert.sls"]}],
+        # and the shipped provisioning reactor: `salt-call event.send xencluster/guest/provision`
+        # on a dom0 provisions a pillar guest (salt/xencluster/files/master.d/xencluster-provision.conf).
+        "reactor": [{"xencluster/alert/*": ["salt://reactor/xencluster_alert.sls"]},
+                    {"xencluster/guest/provision": ["salt://reactor/xencluster_provision.sls"]}],
+        "xencluster_provision_allow": ["node[0-9]*"],
     }
 
 

@@ -52,10 +52,20 @@
 {%- if allow is string %}{% set allow = [allow] %}{% endif %}
 {%- if from_minion %}
 {%-   set allowed = [] %}
-{%-   for pattern in allow %}
-{%-     if pattern is string and (sender == pattern or (sender | regex_match("^" ~ (pattern | regex_escape | replace("\\*", ".*") | replace("\\?", ".")) ~ "$"))) %}
-{%-       do allowed.append(pattern) %}
-{%-     endif %}
+{%-   for pattern in allow if pattern is string %}
+{#-     the glob as a regex (fnmatch's rules: * ? [seq] [!seq]), anchored at both ends #}
+{%-     set ns = namespace(rx="^", cls=false, opened=false) %}
+{%-     for ch in pattern %}
+{%-       if ns.cls %}
+{%-         set ns.rx = ns.rx ~ ("^" if ns.opened and ch == "!" else ("\\" ~ ch if ch in "\\^" else ch)) %}
+{%-         set ns.cls, ns.opened = ch != "]" or ns.opened, false %}
+{%-       elif ch == "*" %}{% set ns.rx = ns.rx ~ ".*" %}
+{%-       elif ch == "?" %}{% set ns.rx = ns.rx ~ "." %}
+{%-       elif ch == "[" %}{% set ns.rx, ns.cls, ns.opened = ns.rx ~ "[", true, true %}
+{%-       else %}{% set ns.rx = ns.rx ~ (ch | regex_escape) %}
+{%-       endif %}
+{%-     endfor %}
+{%-     if not ns.cls and (sender | regex_match(ns.rx ~ "$")) is not none %}{% do allowed.append(pattern) %}{% endif %}
 {%-   endfor %}
 {%-   if not allowed %}
 {%-     do problems.append("minion " ~ (sender | truncate(80, true)) ~ " is not allowed to ask (master config xencluster_provision_allow)") %}

@@ -684,3 +684,17 @@ def test_install_writes_the_unsealed_key_and_drops_a_stale_master_key(host, dom0
     assert "etc/salt/pki/minion/minion.pem" in identity
     assert "etc/salt/pki/minion/minion_master.pub (removed)" in identity
     assert keys["private"] not in json.dumps(res)  # the private key is never in the return
+
+
+# --- one install of a guest at a time on a dom0 -------------------------------------------------------
+
+
+def test_a_second_install_of_the_same_guest_waits_for_the_first(dom0):
+    with prov._install_lock("web1"):
+        with pytest.raises(CommandExecutionError, match="another install of web1 still runs on node1"):
+            with prov._install_lock("web1", wait=0):
+                pass
+        with prov._install_lock("web2", wait=0):  # another guest: not held up
+            pass
+    with prov._install_lock("web1", wait=0):  # released
+        pass
