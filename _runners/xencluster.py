@@ -27,6 +27,7 @@ EGUESTRAIDDEGRADED   error    a guest's md RAID1 is degraded
 EGUESTRAIDRESYNC     warning  a guest's md RAID1 is resyncing (not degraded)
 ELEGSNAPSHOT         warning  a snapshot LV is left on a VG of the model
 EGUESTNOTRUNNING     warning  a guest pinned to a node runs nowhere
+EGUESTNOTPROVISIONED warning  a guest to provision is not yet (salt-run xencluster.provision)
 EGUESTUNKNOWN        warning  a domain runs that the model does not name
 EGUESTNOCONFIG       warning  a node of a guest's pair has no xl config for it
 EGUESTNOANSWER       warning  a running guest's minion did not answer
@@ -257,6 +258,7 @@ EGUESTRAIDDEGRADED = "EGUESTRAIDDEGRADED"
 EGUESTRAIDRESYNC = "EGUESTRAIDRESYNC"
 ELEGSNAPSHOT = "ELEGSNAPSHOT"
 EGUESTNOTRUNNING = "EGUESTNOTRUNNING"
+EGUESTNOTPROVISIONED = "EGUESTNOTPROVISIONED"
 EGUESTUNKNOWN = "EGUESTUNKNOWN"
 EGUESTNOCONFIG = "EGUESTNOCONFIG"
 EGUESTNOANSWER = "EGUESTNOANSWER"
@@ -280,6 +282,7 @@ CODES = {
     EGUESTRAIDRESYNC: WARNING,
     ELEGSNAPSHOT: WARNING,
     EGUESTNOTRUNNING: WARNING,
+    EGUESTNOTPROVISIONED: WARNING,
     EGUESTUNKNOWN: WARNING,
     EGUESTNOCONFIG: WARNING,
     EGUESTNOANSWER: WARNING,
@@ -402,6 +405,11 @@ def _check_guests(model, known, located, out):
     running = {_base_name(name) for name in located}
     for name, guest in sorted(guests.items()):
         if guest.get("node") and name not in running and all_known:
+            if guest.get("provision") and not _provisioned_here(guest, known):
+                out.append(_finding(EGUESTNOTPROVISIONED, f"guest {name} is not provisioned yet (its leg on "
+                                    f"{guest['node']} has no tag {PROVISIONED_TAG}): salt-run xencluster.provision "
+                                    f"{name}", node=guest["node"], guest=name))  # fmt: skip
+                continue
             out.append(_finding(EGUESTNOTRUNNING, f"guest {name} is pinned to {guest['node']} but runs nowhere",
                                 node=guest["node"], guest=name))  # fmt: skip
         for node in guest.get("nodes") or []:
@@ -410,6 +418,14 @@ def _check_guests(model, known, located, out):
                 out.append(_finding(EGUESTNOCONFIG, f"{node} has no xl config for guest {name} "
                                     f"(/etc/xen/xencluster/{name}.cfg): it cannot start it there", node=node,
                                     guest=name))  # fmt: skip
+
+
+def _provisioned_here(guest, known):
+    """Whether the first disk's leg on the guest's home node carries the provisioned tag (its LVM report)."""
+    lvs = ((known.get(guest["node"]) or {}).get("lvm") or {}).get("lvs") or {}
+    leg = next((leg for leg in guest["disks"][0]["legs"] if leg["node"] == guest["node"]), None) if guest["disks"] else None
+    lv = lvs.get(f"{leg['vg']}/{leg['lv']}") if leg else None
+    return bool(lv) and "xencluster.provisioned" in (lv.get("tags") or [])
 
 
 def _portals(owner, partner):

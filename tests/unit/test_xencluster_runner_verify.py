@@ -520,3 +520,24 @@ def test_verify_bad_model_publishes_nothing(master, monkeypatch):
     assert (result["ok"], result["retcode"]) == (False, 1)
     assert "xencluster.guests.web1.disks.root.nodes: both legs on node1" in result["error"]
     master.cmd.assert_not_called()
+
+
+def _to_provision(model):
+    """MODEL with db1 (pinned to node2) given provision settings."""
+    model = copy.deepcopy(model)
+    model["guests"]["db1"]["provision"] = {"source": "image", "image": "/srv/x.tar", "debootstrap": None,
+                                           "address": None, "gateway": None, "dns": [], "master": "salt",
+                                           "highstate": True, "final_backup": False}  # fmt: skip
+    return model
+
+
+def test_a_guest_to_provision_that_is_not_yet_says_so_instead_of_not_running(reports):
+    ret_of(reports, "node2")["domains"] = {}
+    [f] = runner.findings(_to_provision(MODEL), reports)
+    assert (f["code"], f["severity"], f["node"], f["guest"]) == ("EGUESTNOTPROVISIONED", "warning", "node2", "db1")
+    assert f["message"].endswith("salt-run xencluster.provision db1"), f
+    # once its leg carries the tag, not running is not running
+    lv = ret_of(reports, "node2")["lvm"]["lvs"]["xcvg/db1.root.node2"]
+    lv["tags"] = [*lv.get("tags", []), "xencluster.provisioned"]
+    [f] = runner.findings(_to_provision(MODEL), reports)
+    assert f["code"] == "EGUESTNOTRUNNING", f
