@@ -118,9 +118,8 @@ def _fstab_line(cluster, guest, disk, root):
         return f"{ident} none swap sw,nofail 0 0"
     if fs not in ROOT_FILESYSTEMS:
         return None
-    if root:
-        options = "errors=remount-ro" if fs != "xfs" else "defaults"
-        return f"{ident} / {fs} {options} 0 1"
+    if root:  # xfs has no boot-time fsck (fsck.xfs is a no-op): pass 0
+        return f"{ident} / {fs} errors=remount-ro 0 1" if fs != "xfs" else f"{ident} / xfs defaults 0 0"
     return f"{ident} {_mount_dir(disk)} {fs} defaults,nofail 0 2"
 
 

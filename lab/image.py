@@ -1,10 +1,14 @@
 """Build the cached Debian bookworm Xen dom0 image that every lab node boots.
 
-    image_key()  hex key over every build input (this file, lab/files/**, constraints.txt,
-                 the lab conventions baked into the image, the host's Debian sources and
-                 the kernel/Xen versions the host's apt resolves right now)
+    image_key()  hex key over every build input (this file, lab/domu.py, lab/guestimage.py,
+                 lab/files/**, constraints.txt, the lab conventions baked into the image,
+                 the host's Debian sources and the kernel/Xen versions the host's apt
+                 resolves right now)
     current()    IMAGES_DIR/<key> if a complete image for that key exists, else None
     build()      idempotent: reuse the cached image or build it (~10 min cold)
+
+The dom0 rootfs also carries the guests' golden image and boot initramfs
+(lab/guestimage.py: /srv/xencluster/images/debian12-guest.tar.zst, guest-initrd.gz).
 
 An image directory holds base.raw (ext4 root fs), xen.bin (multiboot ELF for QEMU
 -kernel), vmlinuz + initrd.img (same kernel as the modules in base.raw), the lab ssh
@@ -17,6 +21,7 @@ Facts this relies on are in /work/shared/lab/NOTES.md (pitfall numbers cited bel
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import gzip
 import hashlib
@@ -34,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lab import config, domu, preflight
+from lab import config, domu, guestimage, preflight
 from lab.errors import LabError, PreflightError
 
 Log = Callable[[str], None]
@@ -56,6 +61,7 @@ PACKAGES = (
     "busybox-static", "procps", "socat", "e2fsprogs", "psmisc", "netcat-openbsd",
     "ca-certificates",
     "strace",  # benchmarks/highstate_commands.py counts the commands a highstate starts
+    "zstd",  # dom0 extracts the guest golden image (tar --zstd)
 )
 # Slow a TCG boot and do nothing useful in a throwaway lab dom0. Masked, so neither
 # udev (mdmonitor) nor first-boot presets (empty machine-id) can start them.
@@ -74,6 +80,7 @@ HOST_TOOLS = {
     "debootstrap": "debootstrap", "mke2fs": "e2fsprogs", "e2fsck": "e2fsprogs",
     "qemu-img": "qemu-utils", "dpkg-deb": "dpkg", "apt-get": "apt", "apt-cache": "apt",
     "apt-config": "apt", "chroot": "coreutils", "mount": "mount", "umount": "mount",
+    "tar": "tar", "zstd": "zstd",
 }
 MIN_FREE_BYTES = 8 * 2**30
 APT_LISTS_MAX_AGE_S = 7 * 86400
@@ -84,6 +91,7 @@ SOURCE_FILE = Path(__file__).resolve()
 FILES_DIR = SOURCE_FILE.parent / "files"
 OVERLAY_DIR = FILES_DIR / "rootfs"
 DOMU_SOURCE = Path(domu.__file__).resolve()
+GUEST_SOURCE = Path(guestimage.__file__).resolve()
 # Lab guest minions reach the host master through these relays (lab-master-relay@.service).
 MASTER_RELAYS = ("lab-master-relay@4505.service", "lab-master-relay@4506.service")
 DEBS_DIR = config.CACHE_DIR / "debs"
@@ -347,7 +355,7 @@ def pinned_salt_version(constraints_text: str) -> str:
 
 def _file_digests() -> dict[str, str]:
     """This builder and its assets; the exec bit matters for files copied into the image."""
-    files = [SOURCE_FILE, DOMU_SOURCE] + sorted(p for p in FILES_DIR.rglob("*") if p.is_file())
+    files = [SOURCE_FILE, DOMU_SOURCE, GUEST_SOURCE] + sorted(p for p in FILES_DIR.rglob("*") if p.is_file())
     digests = {}
     for path in files:
         mode = "+x" if os.access(path, os.X_OK) else ""
@@ -475,6 +483,10 @@ class Builder:
         self.final = config.IMAGES_DIR / key
         self.tmp = config.IMAGES_DIR / f"{key}.tmp"
         self.rootfs = self.tmp / "rootfs"
+        self.guestroot = self.tmp / "guestroot"
+        self.guest_log = LOGS_DIR / f"build-{key}-guest-debootstrap.log"
+        self._guest_debootstrap: subprocess.Popen | None = None
+        self._guest_started = 0.0
         self.logfile = LOGS_DIR / f"build-{key}.log"
         # The sources the key was computed from, not a second read of the host's files.
         self.repos = [AptRepo.from_dict(repo) for repo in inputs["sources"]]
@@ -524,6 +536,13 @@ class Builder:
             raise BuildError(f"command failed (rc={returncode}): {shlex.join(cmd)} "
                              f"(full log: {self.logfile})", details="\n".join(tail))
         return "".join(captured)
+
+    def for_root(self, rootfs: Path) -> Builder:
+        """This build (same log, inputs, step times and results) working on another tree:
+        the guest golden image is built with the same chroot/write helpers."""
+        other = copy.copy(self)
+        other.rootfs = rootfs
+        return other
 
     def chroot(self, *cmd: str, env: dict | None = None, capture: bool = False) -> str:
         return self.run(["chroot", str(self.rootfs), *cmd], env={**CHROOT_ENV, **(env or {})},
@@ -577,22 +596,27 @@ class Builder:
             wheels = self.ensure_wheelhouse()
         with self.step("debootstrap"):
             self.debootstrap()
-        try:
-            with self.chroot_mounts(wheels):
-                with self.step("packages"):
-                    self.install_packages()
-                with self.step("configure"):
-                    self.configure()
-                with self.step("salt"):
-                    self.install_salt()
-                with self.step("initramfs"):
-                    self.make_initramfs()
-                with self.step("probe guest initramfs"):
-                    self.make_probe_initramfs()
-                with self.step("verify"):
-                    self.verify_rootfs()
-        finally:
-            unmount_all_under(self.rootfs)
+        with self.background_guest_debootstrap():
+            try:
+                with self.chroot_mounts(wheels):
+                    with self.step("packages"):
+                        self.install_packages()
+                    with self.step("configure"):
+                        self.configure()
+                    with self.step("salt"):
+                        self.install_salt()
+                    with self.step("initramfs"):
+                        self.make_initramfs()
+                    with self.step("probe guest initramfs"):
+                        self.make_probe_initramfs()
+                    with self.step("guest initramfs"):
+                        self.make_guest_initramfs()
+                    with self.step("verify"):
+                        self.verify_rootfs()
+            finally:
+                unmount_all_under(self.rootfs)
+            with self.step("guest image"):
+                self.build_guest_image()
         with self.step("finalize rootfs"):
             self.finalize_rootfs()
         with self.step("mke2fs"):
@@ -600,6 +624,7 @@ class Builder:
         with self.step("boot files"):
             self.copy_boot_files()
         with self.step("cleanup"):
+            remove_tree(self.guestroot)
             remove_tree(self.rootfs)
 
     # -- steps
@@ -628,26 +653,30 @@ class Builder:
         partial.rename(wheels)
         return wheels
 
-    def debootstrap(self) -> None:
+    def debootstrap_command(self) -> list[str]:
         repos = self.repos
         cmd = ["debootstrap", "--variant=minbase", f"--cache-dir={DEBS_DIR}"]
         keyring = next((r.signed_by for r in repos if SUITE in r.suites), "")
         if keyring.startswith("/") and "\n" not in keyring:
             cmd.append(f"--keyring={keyring}")
-        self.run(cmd + [SUITE, str(self.rootfs), debootstrap_mirror(repos)])
+        return cmd + [SUITE, str(self.rootfs), debootstrap_mirror(repos)]
+
+    def debootstrap(self) -> None:
+        self.run(self.debootstrap_command())
 
     @contextlib.contextmanager
-    def chroot_mounts(self, wheels: Path) -> Iterator[None]:
-        """proc/sys/dev/devpts, the shared .deb cache and the wheelhouse; always unmounted
-        (lazily) on the way out, whatever happened, Ctrl-C included."""
+    def chroot_mounts(self, wheels: Path | None = None) -> Iterator[None]:
+        """proc/sys/dev/devpts, the shared .deb cache and the wheelhouse (if given);
+        always unmounted (lazily) on the way out, whatever happened, Ctrl-C included."""
         plan = [
             (["-t", "proc", "proc"], "proc"),
             (["-t", "sysfs", "sysfs"], "sys"),
             (["--bind", "/dev"], "dev"),
             (["-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620,gid=5", "devpts"], "dev/pts"),
             (["--bind", str(DEBS_DIR)], "var/cache/apt/archives"),
-            (["--bind", "-o", "ro", str(wheels)], CHROOT_WHEELS),
         ]
+        if wheels:
+            plan.append((["--bind", "-o", "ro", str(wheels)], CHROOT_WHEELS))
         try:
             for args, inside in plan:
                 target = self.path(inside)
@@ -673,7 +702,9 @@ class Builder:
                 options += ["-o", f"{name}={match.group(1)}"]
         return options
 
-    def install_packages(self) -> None:
+    def stage_apt(self) -> None:
+        """The host's Debian sources (and their keyrings) for the chroot's apt, and a
+        policy-rc.d so that no daemon starts inside the chroot."""
         repos = self.repos
         self.path("etc/apt/sources.list").unlink(missing_ok=True)
         self.write("etc/apt/sources.list.d/debian.sources", render_deb822(repos))
@@ -682,8 +713,11 @@ class Builder:
             if keyring.startswith("/") and "\n" not in keyring and not self.path(keyring).exists():
                 self.path(keyring).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(keyring, self.path(keyring))
-        # No daemon may start inside the chroot; removed before the image is made.
+        # Removed before the image is made.
         self.write("usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
+
+    def install_packages(self) -> None:
+        self.stage_apt()
         # Staged before the kernel arrives, so any initrd made during install is small.
         self.copy_overlay_file("etc/initramfs-tools/conf.d/lab.conf")
         versions = self.inputs["apt"]
@@ -728,11 +762,13 @@ class Builder:
             "# iSCSI initiator name of this node, from the hostname set by systemd.hostname=\n"
             f'echo "InitiatorName={config.IQN_PREFIX}:$(hostname)" > /etc/iscsi/initiatorname.iscsi\n'
         ), 0o755)
-        # The build host's arrays must not end up in the image's mdadm.conf.
+        self.strip_mdadm_arrays()
+
+    def strip_mdadm_arrays(self) -> None:
+        """The build host's arrays must not end up in the image's mdadm.conf."""
         mdadm_conf = self.path("etc/mdadm/mdadm.conf")
         if mdadm_conf.exists():
-            kept = [line for line in mdadm_conf.read_text().splitlines() if not line.startswith("ARRAY")]
-            self.write("etc/mdadm/mdadm.conf", "\n".join(kept) + "\n")
+            self.write("etc/mdadm/mdadm.conf", guestimage.without_array_lines(mdadm_conf.read_text()))
 
     def configure_network(self) -> None:
         """systemd-networkd, static, matched on the QEMU MACs: one image for every node.
@@ -845,6 +881,18 @@ class Builder:
 
     def make_probe_initramfs(self) -> None:
         """The probe guest's busybox+mdadm initramfs (lab/domu.py), from this rootfs."""
+        self.make_busybox_initramfs("probe guest", domu.PROBE_MODULES, domu.PROBE_INIT, domu.PROBE_INITRD)
+
+    def make_guest_initramfs(self) -> None:
+        """The guests' boot initramfs (lab/guestimage.py): md0 from xvda/xvdb, switch_root."""
+        size = self.make_busybox_initramfs("guest boot", guestimage.GUEST_MODULES,
+                                           guestimage.GUEST_INIT, guestimage.GUEST_INITRD)
+        self.resolved["guest_initrd"] = {"path": f"/{guestimage.GUEST_INITRD}", "bytes": size}
+
+    def make_busybox_initramfs(self, label: str, wanted: tuple[str, ...], init: Path, target: str) -> int:
+        """busybox + mdadm (+ its libraries) + the modules ``wanted`` with their
+        dependencies + ``init`` as /init, from this rootfs, gzipped to ``target``
+        inside it; returns its size."""
         abi = self.inputs["apt"]["kernel_abi"]
 
         def canonical(path: str) -> str:
@@ -858,14 +906,138 @@ class Builder:
         files = {"/bin/busybox": canonical("/bin/busybox"), "/sbin/mdadm": canonical("/sbin/mdadm")}
         for lib in domu.parse_ldd(self.chroot("ldd", "/sbin/mdadm", capture=True)):
             files[lib] = canonical(lib)
-        modules = domu.module_order(domu.PROBE_MODULES, modinfo)
-        entries = domu.probe_entries(self.rootfs, files, modules, domu.PROBE_INIT.read_bytes())
-        self.writable(domu.PROBE_INITRD).write_bytes(domu.compress(domu.newc_archive(entries)))
-        self.note(f"probe guest initramfs: {len(entries)} entries, modules "
-                  f"{', '.join(Path(m).name for m in modules)}")
+        modules = domu.module_order(wanted, modinfo)
+        entries = domu.probe_entries(self.rootfs, files, modules, init.read_bytes())
+        data = domu.compress(domu.newc_archive(entries))
+        self.writable(target).write_bytes(data)
+        self.note(f"{label} initramfs /{target}: {len(entries)} entries, {len(data)} bytes, "
+                  f"modules {', '.join(Path(m).name for m in modules)}")
+        return len(data)
 
-    def verify_rootfs(self) -> None:
-        """The image holds what the key promises, and nothing per-node."""
+    # -- the guest golden image (lab/guestimage.py)
+
+    @contextlib.contextmanager
+    def background_guest_debootstrap(self) -> Iterator[None]:
+        """The guest's own minbase debootstrap, started in the background: it needs only
+        the .deb cache the dom0's debootstrap has just filled, and it runs while the dom0
+        installs its packages (two mostly single-threaded dpkg runs on the host's cores).
+        Its output goes to a side log until build_guest_image waits for it; it is stopped
+        if the build fails first."""
+        self.guestroot.mkdir(parents=True)
+        cmd = self.for_root(self.guestroot).debootstrap_command()
+        self._write(f"$ {shlex.join(cmd)} > {self.guest_log} (in the background)\n")
+        with open(self.guest_log, "w") as side_log:
+            self._guest_debootstrap = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=side_log,
+                                                       stderr=subprocess.STDOUT, env=_host_env())
+        self._guest_started = time.monotonic()
+        try:
+            yield
+        finally:
+            proc = self._guest_debootstrap
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+    def wait_guest_debootstrap(self) -> None:
+        """Wait for the background debootstrap; its output moves into the build log."""
+        proc = self._guest_debootstrap
+        returncode = proc.wait()
+        took = round(time.monotonic() - self._guest_started, 1)
+        output = self.guest_log.read_text(errors="replace")
+        self._write(output)
+        self.guest_log.unlink()
+        self.durations["guest debootstrap (background)"] = took
+        if returncode != 0:
+            raise BuildError(f"command failed (rc={returncode}): {shlex.join(proc.args)} "
+                             f"(full log: {self.logfile})", details=_tail(output))
+        self.note(f"guest debootstrap took {took} s in the background")
+
+    def build_guest_image(self) -> None:
+        """The guest's packages from the dom0 build's apt lists and .deb cache (nothing
+        new to download), the dom0's salt venv, checked, scrubbed and archived into this
+        rootfs."""
+        guest = self.for_root(self.guestroot)
+        with self.step("guest debootstrap (wait)"):
+            self.wait_guest_debootstrap()
+        try:
+            with guest.chroot_mounts():
+                with self.step("guest packages"):
+                    self.install_guest_packages(guest)
+                with self.step("guest configure"):
+                    self.configure_guest(guest)
+                with self.step("guest verify"):
+                    self.verify_guest(guest)
+        finally:
+            unmount_all_under(guest.rootfs)
+        with self.step("guest archive"):
+            self.archive_guest(guest)
+
+    def install_guest_packages(self, guest: Builder) -> None:
+        guest.stage_apt()
+        # The dom0's lists of the same sources, fetched by this build: no second update.
+        lists = guest.path("var/lib/apt/lists")
+        for source in self.path("var/lib/apt/lists").iterdir():
+            if source.is_file() and "_" in source.name:
+                shutil.copy2(source, lists / source.name)
+        guest.write(guestimage.DPKG_NODOC, guestimage.dpkg_nodoc_config())
+        apt = ["apt-get", *self.apt_options()]
+        guest.chroot(*apt, "-y", "dist-upgrade")
+        guest.chroot(*apt, "-y", "--no-install-recommends", "install", *guestimage.GUEST_PACKAGES)
+
+    def configure_guest(self, guest: Builder) -> None:
+        """The dom0's salt venv and minion unit, units enabled and masked, docs pruned."""
+        shutil.copytree(self.path(SALT_VENV), guest.path(SALT_VENV), symlinks=True)
+        unit = "etc/systemd/system/salt-minion.service"
+        shutil.copy2(self.path(unit), guest.writable(unit))
+        for tool in ("salt-call", "salt-minion"):
+            guest.writable(f"usr/local/bin/{tool}").symlink_to(f"{SALT_VENV}/bin/{tool}")
+        for inside, text in guestimage.GUEST_FILES.items():
+            guest.write(inside, text)
+        guest.strip_mdadm_arrays()
+        guest.chroot("systemctl", "enable", *guestimage.GUEST_ENABLED_UNITS)
+        masked = [u for u in guestimage.GUEST_MASKED_UNITS if guest._unit_installed(u)]
+        if masked:
+            guest.chroot("systemctl", "mask", *masked)
+        freed = guestimage.prune_docs(guest.rootfs)
+        self.note(f"guest: pruned {freed // 2**20} MiB of docs, manuals and translations")
+
+    def verify_guest(self, guest: Builder) -> None:
+        """The guest's salt runs (its venv on the guest's own Python), mdadm is there,
+        the units are enabled; records the guest's package list."""
+        salt = self.inputs["salt"]
+        version = guest.chroot(f"{SALT_VENV}/bin/salt-call", "--version", capture=True).strip()
+        if version.split()[:2] != ["salt-call", salt]:
+            raise BuildError(f"the guest's salt-call says {version!r}, expected salt {salt}")
+        # What salt-minion imports to talk to its master: zmq, cryptography, the ssl module.
+        guest.chroot(f"{SALT_VENV}/bin/python", "-c", "import salt.minion, salt.crypt, salt.transport.zeromq, ssl")
+        mdadm = guest.chroot("mdadm", "--version", capture=True).strip()
+        enabled = guest.chroot("systemctl", "is-enabled", *guestimage.GUEST_ENABLED_UNITS, capture=True).split()
+        if enabled != ["enabled"] * len(guestimage.GUEST_ENABLED_UNITS):
+            raise BuildError(f"guest units {guestimage.GUEST_ENABLED_UNITS} are {enabled}, not enabled")
+        packages = guest.installed_packages()
+        self.resolved["guest_image"] = {"salt": version, "mdadm": mdadm, "package_count": len(packages),
+                                        "packages": packages}
+
+    def archive_guest(self, guest: Builder) -> None:
+        """Scrubbed, then `tar --zstd` into this rootfs; size and time go to the manifest."""
+        if mounts_under(guest.rootfs):
+            raise BuildError(f"something is still mounted under {guest.rootfs}")
+        removed = guestimage.scrub(guest.rootfs)
+        self._write(f"# guest: scrubbed {' '.join(removed)}\n")
+        tree_bytes = guestimage.tree_bytes(guest.rootfs)
+        archive = self.writable(guestimage.GUEST_ARCHIVE)
+        archive.unlink(missing_ok=True)
+        self.run(guestimage.archive_command(guest.rootfs, archive))
+        archive.chmod(0o644)
+        size = archive.stat().st_size
+        self.resolved["guest_image"].update(path=f"/{guestimage.GUEST_ARCHIVE}", bytes=size,
+                                            tree_bytes=tree_bytes)
+        self.note(f"guest image /{guestimage.GUEST_ARCHIVE}: {size / 2**20:.1f} MiB "
+                  f"({tree_bytes / 2**20:.0f} MiB unpacked, "
+                  f"{self.resolved['guest_image']['package_count']} packages)")
+
+    def installed_packages(self) -> dict[str, str]:
+        """Package -> version of everything dpkg has installed in this tree."""
         listing = self.chroot("dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n",
                               capture=True)
         installed = {}
@@ -873,6 +1045,11 @@ class Builder:
             status, package, version = line.split("\t")
             if status.startswith("ii"):
                 installed[package] = version
+        return installed
+
+    def verify_rootfs(self) -> None:
+        """The image holds what the key promises, and nothing per-node."""
+        installed = self.installed_packages()
         versions = self.inputs["apt"]
         expected = {versions["kernel_package"]: versions["kernel_version"],
                     XEN_UTILS: versions[XEN_UTILS], XEN_HYPERVISOR: versions[XEN_HYPERVISOR]}

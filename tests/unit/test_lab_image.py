@@ -72,6 +72,8 @@ def key_env(tmp_path, monkeypatch):
     source.write_text("# builder\n")
     domu_source = tmp_path / "lab" / "domu.py"
     domu_source.write_text("# probe guest\n")
+    guest_source = tmp_path / "lab" / "guestimage.py"
+    guest_source.write_text("# guest image\n")
     (files / "rootfs" / "etc").mkdir(parents=True)
     (files / "rootfs" / "etc" / "fstab").write_text("/dev/vda / ext4 rw 0 1\n")
     constraints = tmp_path / "constraints.txt"
@@ -82,6 +84,7 @@ def key_env(tmp_path, monkeypatch):
     monkeypatch.setattr(image, "SOURCE_FILE", source)
     monkeypatch.setattr(image, "FILES_DIR", files)
     monkeypatch.setattr(image, "DOMU_SOURCE", domu_source)
+    monkeypatch.setattr(image, "GUEST_SOURCE", guest_source)
     monkeypatch.setattr(image, "resolve_apt_versions", lambda: dict(versions))
     monkeypatch.setattr(image, "host_debian_repos", lambda: image.debian_repos(image.parse_deb822_sources(DEB822)))
     Env = namedtuple("Env", "source files constraints versions")
@@ -100,6 +103,7 @@ def test_key_is_stable_and_short_hex(key_env):
     [
         lambda env: env.source.write_text("# builder, changed\n"),
         lambda env: env.source.with_name("domu.py").write_text("# probe guest, changed\n"),
+        lambda env: env.source.with_name("guestimage.py").write_text("# guest image, changed\n"),
         lambda env: (env.files / "rootfs" / "etc" / "fstab").write_text("/dev/vdb / ext4 rw 0 1\n"),
         lambda env: (env.files / "new-unit.service").write_text("[Unit]\n"),
         lambda env: (env.files / "rootfs" / "etc" / "fstab").chmod(0o755),
@@ -110,7 +114,7 @@ def test_key_is_stable_and_short_hex(key_env):
         lambda env: env.versions.update({"xen-utils-4.17": "4.17.6-1"}),
         lambda env: env.versions.update({"xen-hypervisor-4.17-amd64": "4.17.6-1"}),
     ],
-    ids=["image.py", "domu.py", "files-content", "files-new", "files-mode", "constraints", "kernel-abi",
+    ids=["image.py", "domu.py", "guestimage.py", "files-content", "files-new", "files-mode", "constraints", "kernel-abi",
          "kernel-version", "xen-utils", "xen-hypervisor"],
 )
 def test_key_changes_with_every_input(key_env, change):
@@ -369,3 +373,77 @@ def test_networkd_files_leave_the_service_links_to_the_product(tmp_path, monkeyp
         assert not any(name.startswith("eth") or "*" in name for name in names), path.name
     mgmt = (builder.rootfs / "etc/systemd/network/10-lab-mgmt.network").read_text()
     assert f"MACAddress={' '.join(node.mac(1) for node in every)}\n" in mgmt  # listed, not a wildcard
+
+
+# --- the guest golden image: its debootstrap runs in the background -----------------------
+
+
+@pytest.fixture
+def guest_builder(tmp_path, monkeypatch):
+    """A Builder with its log open and a fake debootstrap (set ``command`` on it)."""
+    monkeypatch.setattr(image, "LOGS_DIR", tmp_path / "logs")
+    (tmp_path / "logs").mkdir()
+    builder = image.Builder("k", {"sources": []}, log=lambda message: None)
+    builder.tmp = tmp_path / "k.tmp"
+    builder.rootfs = builder.tmp / "rootfs"
+    builder.guestroot = builder.tmp / "guestroot"
+    builder.rootfs.mkdir(parents=True)
+    builder._log_handle = open(builder.logfile, "w")
+    commands = {}
+    monkeypatch.setattr(image.Builder, "debootstrap_command",
+                        lambda self: [image.sys.executable, "-c", commands["script"], str(self.rootfs)])
+    yield builder, commands
+    builder._log_handle.close()
+
+
+def test_for_root_shares_the_build_but_not_the_tree(guest_builder):
+    builder, _ = guest_builder
+    guest = builder.for_root(builder.guestroot)
+    assert guest.path("etc/hosts") == builder.guestroot / "etc/hosts"
+    assert builder.path("etc/hosts") == builder.rootfs / "etc/hosts"
+    assert guest.durations is builder.durations and guest.resolved is builder.resolved
+    assert guest.logfile == builder.logfile
+
+
+def test_guest_debootstrap_runs_in_the_guest_root_and_its_output_joins_the_build_log(guest_builder):
+    builder, commands = guest_builder
+    commands["script"] = ("import sys, pathlib; pathlib.Path(sys.argv[1], 'marker').write_text('x'); "
+                          "print('I: Base system installed successfully.')")
+    with builder.background_guest_debootstrap():
+        builder.wait_guest_debootstrap()
+    assert (builder.guestroot / "marker").exists()
+    builder._log_handle.flush()
+    log = builder.logfile.read_text()
+    assert "(in the background)" in log and "I: Base system installed successfully." in log
+    assert not builder.guest_log.exists()
+    assert "guest debootstrap (background)" in builder.durations
+
+
+def test_a_failed_guest_debootstrap_is_a_build_error_with_its_output(guest_builder):
+    builder, commands = guest_builder
+    commands["script"] = "import sys; [print('E: line', i) for i in range(40)]; sys.exit(2)"
+    with pytest.raises(image.BuildError) as excinfo:
+        with builder.background_guest_debootstrap():
+            builder.wait_guest_debootstrap()
+    assert "rc=2" in str(excinfo.value)
+    assert excinfo.value.details.splitlines()[-1] == "E: line 39"
+
+
+def test_a_failing_build_stops_the_guest_debootstrap(guest_builder):
+    builder, commands = guest_builder
+    commands["script"] = "import time; time.sleep(60)"
+    started = image.time.monotonic()
+    with pytest.raises(RuntimeError):
+        with builder.background_guest_debootstrap():
+            raise RuntimeError("the dom0 packages failed")
+    assert builder._guest_debootstrap.poll() is not None
+    assert image.time.monotonic() - started < 30
+
+
+def test_host_packages_list_every_build_tool_package():
+    """`make host-deps` installs what the build's preflight asks for (Essential ones aside)."""
+    listed = {line.strip() for line in (config.REPO / "lab" / "host-packages.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    essential = {"coreutils", "mount", "tar", "dpkg", "apt"}
+    assert set(image.HOST_TOOLS.values()) - essential <= listed
+    assert "zstd" in listed

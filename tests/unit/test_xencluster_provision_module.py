@@ -207,7 +207,7 @@ def test_fstab_root_data_swap_and_none():
              {"name": "swap", "filesystem": "swap"}, {"name": "raw", "filesystem": "none"}]  # fmt: skip
     lines = prov.fstab(CLUSTER, "web1", disks).splitlines()
     assert lines[0].startswith("#") and len(lines) == 4
-    assert lines[1] == f"UUID={prov.fs_uuid(CLUSTER, 'web1', 'root')} / xfs defaults 0 1"
+    assert lines[1] == f"UUID={prov.fs_uuid(CLUSTER, 'web1', 'root')} / xfs defaults 0 0"  # no boot-time fsck for xfs
     assert lines[2] == f"UUID={prov.fs_uuid(CLUSTER, 'web1', 'data')} /srv/data ext4 defaults,nofail 0 2"
     assert lines[3] == f"UUID={prov.fs_uuid(CLUSTER, 'web1', 'swap')} none swap sw,nofail 0 0"
     ext4_root = prov.fstab(CLUSTER, "web1", spec_of()["disks"]).splitlines()
