@@ -20,7 +20,9 @@ fstab and mdadm.conf are known before anything runs. A leg that carries any othe
 superblock or a foreign filesystem is refused: provisioning never overwrites data.
 
 The dom0 assembles guest arrays here and only here (the dom0 formula keeps md from
-assembling them automatically); it stops them before the guest may start. Files are
+assembling them automatically), over loop devices on the legs (md claims its members
+exclusively, and LIO holds the local leg it exports); it stops them and detaches the loops
+before the guest may start. Files are
 written into the guest root without following symbolic links, so a planted link cannot
 make the dom0 write outside it.
 
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "xencluster_provision"
 
 MDADM = "mdadm"
-TOOLS = ("mdadm", "blkid", "mount", "umount", "tar")
+TOOLS = ("mdadm", "blkid", "mount", "umount", "tar", "losetup")
 MOUNT_BASE = "/run/xencluster-provision"
 OS_MARKER = "etc/xencluster-provisioned"  # in the guest root, written when the OS is complete
 PROVISIONED_TAG = "xencluster.provisioned"  # LV tag the runner puts on both legs at the end
@@ -327,22 +329,46 @@ def _wait_for(path, seconds=DEVICE_WAIT):
         time.sleep(0.2)
 
 
+def _loop_of(path):
+    """The loop device already attached to leg ``path`` (an earlier, interrupted run), or None."""
+    listed = _run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"])["stdout"].strip()
+    wanted = {path, os.path.realpath(path)}
+    for dev in (json.loads(listed) if listed else {}).get("loopdevices") or []:
+        if (dev.get("back-file") or "").strip() in wanted:
+            return dev["name"]
+    return None
+
+
+def _attach(path):
+    """A loop device over a leg. md claims its members exclusively and LIO already holds the local
+    leg (it exports it to the partner): md over a loop device leaves the LV to LIO."""
+    return _loop_of(path) or _run(["losetup", "--find", "--show", "--direct-io=on", "--", path])["stdout"].strip()
+
+
+def _detach(path):
+    loop = _loop_of(path)
+    if loop:
+        _run(["losetup", "--detach", loop])
+
+
 def _bring_up(guest, entry):
-    """Create or assemble one disk's array; returns what was done."""
-    md, legs = entry["md"], entry["legs"]
+    """Create or assemble one disk's array (over loop devices on its legs); returns what was done."""
+    md = entry["md"]
     if entry["active"]:
         return False, "was assembled"
+    loops = {leg: _attach(leg) for leg in entry["legs"]}
     name = f"--name={entry['disk']}"
     if entry["array"] == "create":
         _run([MDADM, "--create", md, "--run", "--level=1", "--raid-devices=2", "--metadata=1.2",
-              "--bitmap=internal", f"--uuid={entry['uuid']}", f"--homehost={guest}", name, *legs])
+              "--bitmap=internal", f"--uuid={entry['uuid']}", f"--homehost={guest}", name,
+              *[loops[leg] for leg in entry["legs"]]])  # fmt: skip
         done = "created"
     else:
-        ours = [p for p, s in entry["legs_state"].items() if s == "ours"]
+        ours = [loops[p] for p, s in entry["legs_state"].items() if s == "ours"]
         _run([MDADM, "--assemble", md, "--run", f"--uuid={entry['uuid']}", *ours])
         done = "assembled"
         for blank in [p for p, s in entry["legs_state"].items() if s == "blank"]:
-            _run([MDADM, "--manage", md, "--add", blank])
+            _run([MDADM, "--manage", md, "--add", loops[blank]])
             done += f", added {blank}"
     _wait_for(md)
     return done == "created" or "added" in done, done
@@ -578,7 +604,9 @@ def _apply(view, guest, spec, plan_, minion_key):
     finally:
         # Whatever happened: nothing of the guest stays mounted or assembled in dom0.
         errors = []
-        for action, arg in [(_unmount, root)] + [(_stop, e["md"]) for e in plan_["disks"]]:
+        cleanup = [(_unmount, root)] + [(_stop, e["md"]) for e in plan_["disks"]]
+        cleanup += [(_detach, leg) for e in plan_["disks"] for leg in e["legs"]]
+        for action, arg in cleanup:
             try:
                 action(arg)
             except CommandExecutionError as exc:

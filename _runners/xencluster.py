@@ -5576,10 +5576,25 @@ def _dom0_minions(model):
     return {node: spec["minion"] for node, spec in model["nodes"].items()}
 
 
+LOCATE_ROUNDS = 3  # a dom0 that did not answer is asked again (a busy one may miss a find_job)
+
+
 def _where_runs(client, model, guest, timeout):
     """The nodes where ``guest`` is seen now; _ProvisionFailed when any dom0 cannot tell."""
     minions = _dom0_minions(model)
-    found = locate(tgt=sorted(minions.values()), tgt_type="list", timeout=timeout, expect=sorted(minions.values()))
+    asked = sorted(minions.values())
+    found = {"guests": {}, "no_answer": [], "errors": {}, "unavailable": []}
+    for _ in range(LOCATE_ROUNDS):
+        answer = locate(tgt=asked, tgt_type="list", timeout=timeout, expect=asked)
+        for name, where in answer["guests"].items():
+            found["guests"].setdefault(name, []).extend(where)
+        found["errors"].update(answer["errors"])
+        found["unavailable"] += list(answer.get("unavailable") or {})
+        asked = sorted(set(answer["no_answer"]) - set(answer["errors"]) - set(answer.get("unavailable") or []))
+        found["no_answer"] = asked
+        if not asked:
+            break
+        log.warning("xencluster.provision: no answer from %s: asking again", ", ".join(asked))
     unknown = sorted(set(found["no_answer"]) | set(found["errors"]) | set(found["unavailable"]))
     if unknown:
         raise _ProvisionFailed(f"cannot tell where {guest} runs: no answer from {', '.join(unknown)}")

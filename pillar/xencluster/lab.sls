@@ -131,4 +131,22 @@ xencluster:
       disks:
         - {name: root, size: 64M, nodes: [node1, node2], vg: xcvg, filesystem: none}
 
+    svc1:                             # provisioned, not hand-made: salt-run xencluster.provision svc1,
+      type: pvh                       # or the event xencluster/guest/provision {"guest": "svc1"}
+      node: node1                     # the highstate starts it only once provisioned (LV tag)
+      memory: 384M                    # systemd + salt-minion
+      vcpus: 1
+      kernel: /vmlinuz
+      ramdisk: /srv/xencluster/images/guest-initrd.gz   # assembles the root RAID1 from xvda + xvdb
+      extra: "console=hvc0"
+      interfaces:
+        # the lab's guest bridge: each dom0 relays 10.99.0.1:4505/4506 to the salt master
+        - {bridge: xcguests, mac: "00:16:3e:99:00:20"}
+      disks:
+        - {name: root, size: 1G, nodes: [node1, node2], vg: xcvg, filesystem: ext4}
+      provision:
+        image: /srv/xencluster/images/debian12-guest.tar.zst   # the lab image's golden guest image
+        address: 10.99.0.20/24
+        master: 10.99.0.1
+
   # No backup section: the lab has no room for backup volumes.

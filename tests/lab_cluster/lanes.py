@@ -71,7 +71,7 @@ def lanes() -> list[Lane]:
 
 
 def pytest_argv(lane: Lane, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pytest", *lane.targets, "-m", "lab", "-p", "no:cacheprovider", *extra]
+    return [sys.executable, "-m", "pytest", *lane.targets, "-m", "lab and not lab_provision", "-p", "no:cacheprovider", *extra]
 
 
 def lane_env(lane: Lane) -> dict:

@@ -76,12 +76,18 @@ class Host:
         self.mounted = set()
         self.domains = {}
         self.calls = []
+        self.loops = {}  # /dev/loopN -> the leg it is attached to (now)
+        self.attached = {}  # every loop device ever attached -> its leg
         self.fail = {}  # argv[0] -> stderr: that command fails (rc 1)
         self.on = {}  # argv[0] -> callable(argv) run after it
 
+    def leg(self, dev):
+        """The leg behind a loop device (md runs over loops), or ``dev`` itself."""
+        return self.loops.get(dev, dev)
+
     def members(self, md):
         create = [c for c in self.calls if c[:3] in (["mdadm", "--create", md], ["mdadm", "--assemble", md])]
-        return [a for a in create[-1][3:] if a.startswith("/dev/")]
+        return [self.leg(a) for a in create[-1][3:] if a.startswith("/dev/")]
 
     def argvs(self, *names):
         return [c for c in self.calls if c[0] != "udevadm" and (not names or c[0] in names)]
@@ -98,9 +104,18 @@ class Host:
             self.devs.add(argv[2])
             if argv[1] == "--create":  # the legs now carry the array's superblock
                 array = next(a for a in argv if a.startswith("--uuid="))[len("--uuid="):]
-                self.superblocks.update({leg: own_superblock(array) for leg in argv[-2:]})
+                self.superblocks.update({self.leg(dev): own_superblock(array) for dev in argv[-2:]})
         elif cmd == "mdadm" and argv[1] == "--manage":
-            self.superblocks[argv[-1]] = dict(self.superblocks[self.members(argv[2])[0]])
+            self.superblocks[self.leg(argv[-1])] = dict(self.superblocks[self.members(argv[2])[0]])
+        elif cmd == "losetup" and argv[1] == "--list":
+            out["stdout"] = json.dumps({"loopdevices": [{"name": n, "back-file": leg} for n, leg in self.loops.items()]})
+        elif cmd == "losetup" and argv[1] == "--find":
+            assert "--direct-io=on" in argv, argv
+            name = f"/dev/loop{len(self.loops) + len([c for c in self.calls if c[:2] == ['losetup', '--detach']])}"
+            self.loops[name] = self.attached[name] = argv[-1]
+            out["stdout"] = name + "\n"
+        elif cmd == "losetup" and argv[1] == "--detach":
+            del self.loops[argv[2]]
         elif cmd == "mdadm" and argv[1] == "--stop":
             self.devs.discard(argv[2])
         elif cmd == "blkid":
@@ -117,7 +132,7 @@ class Host:
             self.mounted.add(argv[-1])
         elif cmd == "umount":
             self.mounted.discard(argv[-1])
-        elif cmd not in ("mdadm", "tar", "debootstrap", "udevadm"):
+        elif cmd not in ("mdadm", "tar", "debootstrap", "udevadm", "losetup"):
             raise AssertionError(f"unexpected command: {argv}")
         if cmd in self.on:
             self.on[cmd](argv)
@@ -410,9 +425,15 @@ def test_install_fresh(host, dom0):
     res = prov.install("web1", test=False)
     root = dom0["root"]
     assert res["changed"] is True and res["node"] == "node1"
-    assert host.argvs("mdadm") == [
+    # md runs over loop devices on the legs (LIO holds the local leg), each mapped back to its leg here
+    assert [[host.attached[a] if a in host.attached else a for a in argv] for argv in host.argvs("mdadm")] == [
         create_argv(ROOT_MD, ROOT_UUID, "root", LEGS["root"]), create_argv(DATA_MD, DATA_UUID, "data", LEGS["data"]),
         ["mdadm", "--stop", ROOT_MD], ["mdadm", "--stop", DATA_MD]]  # fmt: skip
+    assert host.loops == {}  # every loop detached, after the arrays stopped
+    order = [c[:2] for c in host.argvs("losetup", "mdadm")]
+    last_stop = max(i for i, c in enumerate(order) if c == ["mdadm", "--stop"])
+    detaches = [i for i, c in enumerate(order) if c == ["losetup", "--detach"]]
+    assert len(detaches) == 4 and min(detaches) > last_stop, order  # loops go only once md let them go
     assert host.argvs("mkfs.ext4", "mkfs.xfs") == [["mkfs.ext4", "-q", "-U", ROOT_FS, "--", ROOT_MD],
                                                    ["mkfs.xfs", "-q", "-m", f"uuid={DATA_FS}", DATA_MD]]  # fmt: skip
     assert host.argvs("mount", "umount") == [["mount", "-t", "ext4", "-o", "nodev,nosuid", "--", ROOT_MD, root],
@@ -436,10 +457,11 @@ def test_install_of_legs_that_are_ours_assembles(host, dom0):
     host.superblocks[LEGS["data"][0]] = own_superblock(DATA_UUID)
     host.fs.update({ROOT_MD: ("ext4", ROOT_FS), DATA_MD: ("xfs", DATA_FS)})
     res = prov.install("web1")
-    assert host.argvs("mdadm")[:3] == [
+    assert [[host.attached.get(a, a) for a in argv] for argv in host.argvs("mdadm")[:3]] == [
         ["mdadm", "--assemble", ROOT_MD, "--run", f"--uuid={ROOT_UUID}", *LEGS["root"]],
         ["mdadm", "--assemble", DATA_MD, "--run", f"--uuid={DATA_UUID}", LEGS["data"][0]],
         ["mdadm", "--manage", DATA_MD, "--add", LEGS["data"][1]]]  # fmt: skip
+    assert host.loops == {}
     assert host.argvs("mkfs.ext4", "mkfs.xfs") == []  # our filesystems are kept
     details = {s["step"]: s["detail"] for s in res["steps"]}
     assert details["array root"] == "assembled" and details["array data"] == f"assembled, added {LEGS['data'][1]}"

@@ -309,6 +309,29 @@ def test_where_runs_fails_when_a_dom0_cannot_tell(cluster, model):
         runner._where_runs(None, model, "web1", 5)
 
 
+def test_where_runs_asks_a_silent_dom0_again_before_giving_up(cluster, model, monkeypatch):
+    real_locate, rounds = runner.locate, []
+
+    def locate(**kwargs):  # node2 misses the first round only (a busy dom0 misses a find_job)
+        rounds.append(kwargs["tgt"])
+        if len(rounds) == 1:
+            cluster.silent.add("node2")
+        else:
+            cluster.silent.discard("node2")
+        return real_locate(**kwargs)
+
+    monkeypatch.setattr(runner, "locate", locate)
+    cluster.domains["node2"]["web1"] = {"state": "running"}
+    assert runner._where_runs(None, model, "web1", 5) == ["node2"]
+    assert rounds == [["node1", "node2"], ["node2"]]  # only the silent one is asked again
+    rounds.clear()
+    cluster.silent.add("node2")
+    monkeypatch.setattr(runner, "locate", lambda **kw: (rounds.append(kw["tgt"]), real_locate(**kw))[1])
+    with pytest.raises(runner._ProvisionFailed, match="no answer from node2"):
+        runner._where_runs(None, model, "web1", 5)
+    assert len(rounds) == runner.LOCATE_ROUNDS
+
+
 def test_where_runs_fails_when_a_dom0_has_no_xencluster_xl(cluster, model):
     cluster.list_answers["node2"] = {"ret": f"'{LIST}' is not available.", "retcode": 254}
     with pytest.raises(runner._ProvisionFailed, match="no answer from node2"):
