@@ -434,28 +434,33 @@ def _open_dir(root_fd, parts):
         raise
 
 
-def _write_file(root, relative, content, mode):
-    """Write ``root/relative`` (no link followed anywhere below root); True if it changed."""
+def _parent(root, relative):
+    """(fd of the directory holding ``root/relative``, made if missing, no link followed; the file's name)."""
     parts = relative.split("/")
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        dir_fd = _open_dir(root_fd, parts[:-1])
+        return _open_dir(root_fd, parts[:-1]), parts[-1]
     finally:
         os.close(root_fd)
+
+
+def _write_file(root, relative, content, mode):
+    """Write ``root/relative`` (no link followed anywhere below root); True if it changed."""
+    dir_fd, name = _parent(root, relative)
     try:
         data = content.encode()
         try:
-            st = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-                os.unlink(parts[-1], dir_fd=dir_fd)  # a link or odd file: replaced, never followed
+                os.unlink(name, dir_fd=dir_fd)  # a link or odd file: replaced, never followed
             else:
-                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
                 with os.fdopen(fd, "rb") as fh:
                     if fh.read() == data and stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0:
                         return False
         except FileNotFoundError:
             pass
-        tmp = f".{parts[-1]}.xcprov"
+        tmp = f".{name}.xcprov"
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except FileNotFoundError:
@@ -465,21 +470,16 @@ def _write_file(root, relative, content, mode):
             os.fchown(fh.fileno(), 0, 0)
             os.fchmod(fh.fileno(), mode)
             fh.write(data)
-        os.rename(tmp, parts[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         return True
     finally:
         os.close(dir_fd)
 
 
 def _remove_file(root, relative):
-    parts = relative.split("/")
-    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    dir_fd, name = _parent(root, relative)
     try:
-        dir_fd = _open_dir(root_fd, parts[:-1])
-    finally:
-        os.close(root_fd)
-    try:
-        os.unlink(parts[-1], dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
         return True
     except FileNotFoundError:
         return False
