@@ -65,6 +65,14 @@ GUEST_SCRUB = (
 # keep their kernel names whatever the command line says.
 GUEST_FILES = {
     "etc/hosts": "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+    # A guest minion reaches the master through its dom0's relay (lab-master-relay@): after a
+    # migration its connections end at the old node's relay, and its publish channel sends
+    # nothing that would find out. TCP keepalive after 15 s idle does, within ~30 s (the
+    # default: 300 s + 9 probes of 75 s).
+    "etc/salt/minion.d/lab-keepalive.conf": (
+        "# Lab: notice a connection to the old dom0's relay is dead soon after a migration.\n"
+        "tcp_keepalive: True\ntcp_keepalive_idle: 15\ntcp_keepalive_cnt: 3\ntcp_keepalive_intvl: 5\n"
+    ),
     "etc/systemd/network/10-xencluster-netfront.link": (
         "# Xen netfront NICs keep their kernel names (eth0, eth1, ...): lab/guestimage.py\n"
         "[Match]\nDriver=vif\n\n[Link]\nNamePolicy=\n"

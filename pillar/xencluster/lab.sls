@@ -136,6 +136,9 @@ xencluster:
       node: node1                     # the highstate starts it only once provisioned (LV tag)
       memory: 384M                    # systemd + salt-minion
       vcpus: 1
+      # Below dom0 (credit2 weight 256): a lab node has one emulated CPU, and a booting Debian
+      # guest at an equal weight starved node1's minion until it missed the master's jobs.
+      sched: {weight: 64, cap: 0}
       kernel: /vmlinuz
       ramdisk: /srv/xencluster/images/guest-initrd.gz   # assembles the root RAID1 from xvda + xvdb
       extra: "console=hvc0"
