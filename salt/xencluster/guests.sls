@@ -21,5 +21,4 @@ xencluster-guests:
       - xencluster_net: xencluster-network
       - service: xencluster-xendomains-masked
       - service: xencluster-xenconsoled
-      - kmod: xencluster-kmod-xen_blkback
-      - kmod: xencluster-kmod-xen_netback
+      - kmod: xencluster-kmods

@@ -101,12 +101,18 @@ xencluster-initramfs:
 
 # Xen backends, LIO target + iSCSI initiator, bonding, VLANs, bridges; persisted in
 # /etc/modules-load.d/salt_managed.conf. Names as lsmod shows them (xen_blkback, not
-# xen-blkback), or every run would look like a change.
-{%- for mod in ['xen_blkback', 'xen_netback', 'target_core_mod', 'target_core_iblock',
-                'iscsi_target_mod', 'iscsi_tcp', 'bonding', '8021q', 'bridge'] %}
-
-xencluster-kmod-{{ mod }}:
+# xen-blkback), or every run would look like a change. One state for all of them: one
+# lsmod per highstate, not one per module (each costs seconds on a busy dom0).
+xencluster-kmods:
   kmod.present:
-    - name: "{{ mod }}"
+    - mods:
+      - xen_blkback
+      - xen_netback
+      - target_core_mod
+      - target_core_iblock
+      - iscsi_target_mod
+      - iscsi_tcp
+      - bonding
+      - 8021q
+      - bridge
     - persist: True
-{%- endfor %}

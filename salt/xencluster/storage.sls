@@ -89,9 +89,7 @@ xencluster-legs:
       - xencluster_disk: xencluster-udev-leg-rules
       - service: xencluster-iscsid
       - file: xencluster-iscsid-node-startup
-      - kmod: xencluster-kmod-target_core_iblock
-      - kmod: xencluster-kmod-iscsi_target_mod
-      - kmod: xencluster-kmod-iscsi_tcp
+      - kmod: xencluster-kmods
 {%- for vg in xc.vgs|sort %}
       - xencluster_lvm: xencluster-vg-{{ vg }}
 {%- endfor %}

@@ -29,11 +29,7 @@ EXPECTED = {
     "xencluster-mdadm-default": ("file", "keyvalue"),
     "xencluster-mdadm-conf": ("file", "managed"),
     "xencluster-initramfs": ("module", "run"),
-    **{
-        f"xencluster-kmod-{mod}": ("kmod", "present")
-        for mod in ("xen_blkback", "xen_netback", "target_core_mod", "target_core_iblock",
-                    "iscsi_target_mod", "iscsi_tcp", "bonding", "8021q", "bridge")
-    },  # fmt: skip
+    "xencluster-kmods": ("kmod", "present"),
     "xencluster-lio-restore-at-boot": ("service", "enabled"),
     "xencluster-iscsi-initiatorname": ("file", "managed"),
     "xencluster-iscsid-node-startup": ("file", "replace"),
