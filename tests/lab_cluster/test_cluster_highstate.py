@@ -593,6 +593,7 @@ def test_evacuate_power_off_and_restore_node1_resyncs_only_what_changed(provisio
     assert where([*HOME, guest]) == {**{g: [n] for g, n in HOME.items()}, guest: ["node1"]}
     for probe, node in HOME.items():
         salt(node, "xencluster_xl.shutdown", probe, "timeout=120", timeout=240)
+    assert where(HOME) == {probe: None for probe in HOME}
     in_guest(guest, f"head -c 8388608 /dev/urandom > {DW2_FILES[0]} && sync")
 
     code, docs = salt_run_docs("xencluster.evacuate", "node1", "transport=stream", timeout=1800)
@@ -635,6 +636,9 @@ def test_evacuate_power_off_and_restore_node1_resyncs_only_what_changed(provisio
     assert "node1" not in salt_run("xencluster.drained")
 
     # back as the later steps expect it: svc1 home, the probes started (the single-run check each)
+    # with console logs of their own (the steps after read every beat: a new boot counts from 1)
+    for node in NODES:
+        ssh(node, "rm -f " + " ".join(f"/var/log/xen/console/guest-{probe}*.log" for probe in HOME))
     code, docs = salt_run_docs("xencluster.migrate", guest, "node1", "transport=stream", timeout=900)
     assert code == 0 and docs[-1]["result"] is True, docs[-1]
     minion_answers(guest)
