@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "xencluster_provision"
 
 MDADM = "mdadm"
-TOOLS = ("mdadm", "blkid", "mount", "umount", "tar", "losetup")
+TOOLS = ("mdadm", "blkid", "wipefs", "mount", "umount", "tar", "losetup")
 MOUNT_BASE = "/run/xencluster-provision"
 OS_MARKER = "etc/xencluster-provisioned"  # in the guest root, written when the OS is complete
 PROVISIONED_TAG = "xencluster.provisioned"  # LV tag the runner puts on both legs at the end
@@ -392,15 +392,24 @@ def _mkfs_argv(fstype, fsid, device):
     return [MKFS[fstype], "-q", "-U", fsid, "--", device]
 
 
-def _make_filesystem(entry):
-    """mkfs on a blank array; an existing filesystem is kept if it is the one we made."""
+def _make_filesystem(entry, fresh):
+    """mkfs on a blank array; an existing filesystem is kept if it is the one we made.
+
+    ``fresh``: this run has just created the array. ``mdadm --create`` does not zero its data
+    area, so a filesystem found there is what the legs' extents held before (a deprovisioned
+    guest's, with its keys and data): it is wiped, never adopted, even when its UUID is ours.
+    """
     fstype = entry["filesystem"]
     if fstype not in MKFS:
         return False, "no filesystem (none in pillar)"
-    found = _probe(entry["md"])
+    found, leftover = _probe(entry["md"]), ""
+    if fresh and found.get("TYPE"):
+        leftover = f" (wiped the {found.get('TYPE')} {found.get('UUID', '')} the new array's extents held)"
+        _run(["wipefs", "--all", "--", entry["md"]])
+        found = {}
     if not found.get("TYPE"):
         _run(_mkfs_argv(fstype, entry["fs_uuid"], entry["md"]), timeout=MKFS_TIMEOUT)
-        return True, f"made {fstype}"
+        return True, f"made {fstype}{leftover}"
     if found.get("TYPE") != fstype or found.get("UUID") != entry["fs_uuid"]:
         raise CommandExecutionError(
             f"{entry['md']} already holds {found.get('TYPE')} {found.get('UUID')}, not the {fstype} "
@@ -597,7 +606,8 @@ def _apply(view, guest, spec, plan_, minion_key):
     try:
         for entry in plan_["disks"]:
             _timed(steps, f"array {entry['disk']}", _bring_up, guest, entry)
-            _timed(steps, f"filesystem {entry['disk']}", _make_filesystem, entry)
+            fresh = steps[-1]["detail"] == "created"
+            _timed(steps, f"filesystem {entry['disk']}", _make_filesystem, entry, fresh)
         _timed(steps, "mount root", _mount, root_entry, root)
         _timed(steps, "install os", _install_os, spec["provision"], root)
         _timed(steps, "identity", _write_identity, root, cluster, guest, spec, minion_key)

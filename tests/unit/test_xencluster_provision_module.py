@@ -128,6 +128,9 @@ class Host:
             fstype = "swap" if cmd == "mkswap" else cmd.split(".")[1]
             fsid = argv[argv.index("-U") + 1] if "-U" in argv else argv[argv.index("-m") + 1][len("uuid="):]
             self.fs[argv[-1]] = (fstype, fsid)
+        elif cmd == "wipefs":
+            assert argv[:3] == ["wipefs", "--all", "--"], argv
+            self.fs.pop(argv[-1], None)
         elif cmd == "mount":
             self.mounted.add(argv[-1])
         elif cmd == "umount":
@@ -467,6 +470,29 @@ def test_install_of_legs_that_are_ours_assembles(host, dom0):
     assert details["array root"] == "assembled" and details["array data"] == f"assembled, added {LEGS['data'][1]}"
     assert details["filesystem root"] == "kept ext4" and details["filesystem data"] == "kept xfs"
     assert {s["step"]: s["changed"] for s in res["steps"]}["array root"] is False  # assembling changes nothing
+
+
+def test_a_new_array_never_adopts_what_its_extents_held(host, dom0):
+    """md --create does not zero: a deprovisioned guest's filesystem (our UUID) or another one is
+    found inside the new array. Wiped and made anew, and the OS installed again: nothing is reused."""
+    host.fs.update({ROOT_MD: ("ext4", ROOT_FS), DATA_MD: ("ext4", "0a1b2c3d-0000-4000-8000-000000000001")})
+    res = prov.install("web1")
+    assert host.argvs("wipefs") == [["wipefs", "--all", "--", ROOT_MD], ["wipefs", "--all", "--", DATA_MD]]
+    assert host.argvs("mkfs.ext4", "mkfs.xfs") == [["mkfs.ext4", "-q", "-U", ROOT_FS, "--", ROOT_MD],
+                                                   ["mkfs.xfs", "-q", "-m", f"uuid={DATA_FS}", DATA_MD]]  # fmt: skip
+    calls = [c[0] for c in host.argvs("wipefs", "mkfs.ext4")]
+    assert calls[:2] == ["wipefs", "mkfs.ext4"]  # wiped before the mkfs
+    details = {s["step"]: s["detail"] for s in res["steps"]}
+    assert details["filesystem root"] == f"made ext4 (wiped the ext4 {ROOT_FS} the new array's extents held)"
+    assert len(host.argvs("tar")) == 1
+
+
+def test_an_assembled_array_keeps_its_filesystem_and_is_never_wiped(host, dom0):
+    host.superblocks.update({p: own_superblock(ROOT_UUID) for p in LEGS["root"]})
+    host.superblocks.update({p: own_superblock(DATA_UUID) for p in LEGS["data"]})
+    host.fs.update({ROOT_MD: ("ext4", ROOT_FS), DATA_MD: ("xfs", DATA_FS)})
+    prov.install("web1")
+    assert host.argvs("wipefs", "mkfs.ext4", "mkfs.xfs") == []
 
 
 def test_install_refuses_a_foreign_filesystem_on_our_array_and_cleans_up(host, dom0):
