@@ -5772,10 +5772,19 @@ def _highstate_step(client, guest, timeout):
     return bool(changed), f"{len(states)} state(s), {len(changed)} changed"
 
 
+def _define_on_pair(client, model, guest, node, timeout):
+    """The xl config on the home node, then on every other node of the guest's pair.
+
+    Not only where it starts: a guest moves (migrate, evacuate), and ``restore`` and ``recover``
+    read the guest's disks from the config on the node it runs on."""
+    nodes = [node] + [n for n in model["guests"][guest]["nodes"] if n != node]
+    said = {n: _state_step(client, model, n, DEFINED_STATE, {"name": guest}, timeout, "xl config") for n in nodes}
+    return any(changed for changed, _ in said.values()), "; ".join(f"{n}: {comment}" for n, (_, comment) in said.items())
+
+
 def _start_steps(client, model, guest, node, steps, settings):
-    """Define and start the guest on ``node`` (the single-run check of the running state), await its minion."""
-    steps.run("define", _state_step, client, model, node, DEFINED_STATE, {"name": guest}, settings["check_timeout"] * 4,
-              "xl config")
+    """Define the guest on its pair, start it on ``node`` (the running state's single-run check), await its minion."""
+    steps.run("define", _define_on_pair, client, model, guest, node, settings["check_timeout"] * 4)
     with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=True) as bus:
         bus.subscribe(f"salt/minion/{guest}/start")
         steps.run("start", _state_step, client, model, node, RUNNING_STATE, {"name": guest, "provisioning": True},

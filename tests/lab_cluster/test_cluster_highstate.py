@@ -612,7 +612,7 @@ def test_evacuate_power_off_and_restore_node1_resyncs_only_what_changed(provisio
     bitmap = in_guest(guest, "mdadm --examine-bitmap /dev/xvdb")
     bits, dirty = map(int, re.search(r"Bitmap : ([0-9]+) bits \(chunks\), ([0-9]+) dirty", bitmap).groups())
     print(f"{guest} {md} while node1 is away: {dirty} of {bits} bitmap chunks dirty")
-    assert 0 < dirty <= bits // 4, bitmap
+    assert 0 < dirty <= bits // 2, bitmap  # lab: 4 of 16 (mdadm's 64 MiB chunks on a 1 GiB array)
 
     lab("up", str(len(NODES)), timeout=1800)  # node1 boots on the same disks
     minion_answers("node1")

@@ -375,6 +375,10 @@ def test_a_fresh_provisioning(cluster, bus, opts, context, jid_event):
     assert sorted(args[1] for _t, args, _k in cluster.of(runner.LV_TAGS_FUN)) == sorted(WEB1_LVS)
     assert all(k == {"add": [runner.PROVISIONED_TAG]} for _t, _a, k in cluster.of(runner.LV_TAGS_FUN))
     assert cache(opts).fetch(runner.PROVISIONED_BANK, "web1")["highstate_done"] is True
+    # defined on both nodes of its pair (home first), started on its home node only
+    states = [(tgt, args[0]) for tgt, args, _k in cluster.of(runner.STATE_SINGLE_FUN) if args[0] != runner.LEGS_STATE]
+    assert states == [(["node1"], runner.DEFINED_STATE), (["node2"], runner.DEFINED_STATE),
+                      (["node1"], runner.RUNNING_STATE)], states  # fmt: skip
     assert "xencluster/provision/web1/done" in bus.tags() and bus.subscribed == ["salt/minion/web1/start"]
     assert cache(opts).list(runner.LOCKS_BANK) == []  # released
     [record] = runner._op_records(cache(opts)).values()
