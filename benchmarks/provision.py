@@ -82,8 +82,10 @@ def measure(guest: str, node: str, timeout: float) -> dict:
             if name in ("done", "failed"):
                 final = event["data"]
                 break
+            # what each step did (the install's arrays, filesystems, OS): a run that skipped work
+            # is visible as such, not only as a short time
             steps.append({"step": event["data"]["step"], "seconds": event["data"]["seconds"],
-                          "at_s": arrivals[name]})  # fmt: skip
+                          "at_s": arrivals[name], "detail": str(event["data"].get("detail"))[:1200]})  # fmt: skip
         else:
             raise SystemExit(f"no done/failed event within {timeout} s; saw {sorted(arrivals)}")
     if final.get("result") is not True:
