@@ -17,7 +17,10 @@ tags the legs, starts the guest and waits for its minion. Here, on one dom0:
 Every array and filesystem gets a UUID derived from (cluster, guest, disk), so a re-run
 recognises its own work (an array of ours is assembled, never re-created) and the guest's
 fstab and mdadm.conf are known before anything runs. A leg that carries any other md
-superblock or a foreign filesystem is refused: provisioning never overwrites data.
+superblock or a foreign filesystem is refused: provisioning never overwrites data. What a
+newly created array finds in its data area (``md --create`` does not zero it: the freed
+extents of an earlier LV, e.g. a deprovisioned guest's filesystem with our very UUID) is
+not data of this guest: it is wiped before the mkfs, never adopted.
 
 The dom0 assembles guest arrays here and only here (the dom0 formula keeps md from
 assembling them automatically), over loop devices on the legs (md claims its members
