@@ -7,6 +7,9 @@ open-iscsi on xencluster dom0s: import the disk legs that peer dom0s export.
   never scrapes ``-P3`` output.
 * ``login`` is a no-op when the session is already up; it sets
   ``node.startup=automatic`` so the session comes back after a reboot.
+* ``set_replacement_timeout`` sets how long I/O waits for a lost session
+  before it fails (the node record for later logins, and sysfs
+  ``recovery_tmo`` of the live session: iscsiadm has no way to change it).
 * CHAP settings go through ``iscsiadm -m node -o update``; secrets are never
   returned or logged (Salt's command log is redacted for those calls).
 
@@ -76,6 +79,9 @@ _SESSION_LINE = re.compile(
 )
 # "192.168.100.1:3260,1 iqn.2025-01.lab.xen:target.node1"
 _DISCOVERY_LINE = re.compile(r"(?P<portal>\S+),(?P<tpgt>-?[0-9]+) (?P<target>\S+)")
+_NODE_TIMEOUT_RE = re.compile(r"^node\.session\.timeo\.replacement_timeout = (-?[0-9]+)$", re.M)
+REPLACEMENT_TIMEOUT_KEY = "node.session.timeo.replacement_timeout"
+MAX_REPLACEMENT_TIMEOUT = 3600
 _HCTL = re.compile(r"[0-9]+:[0-9]+:[0-9]+:[0-9]+")
 _BLOCK = re.compile(r"[a-z]+[a-z0-9]*")
 
@@ -202,10 +208,21 @@ def _session_devices(base):
     return [device for _, device in sorted(found, key=lambda item: item[0])]
 
 
+def _int_or_none(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _session_sysfs(sid, root=None):
-    """State and SCSI disks of session ``sid`` from sysfs: one read and ~3 directory listings."""
+    """State, recovery timeout and SCSI disks of session ``sid`` from sysfs: two reads and ~3 listings."""
     base = os.path.join(root or SYSFS_SESSIONS, f"session{sid}")
-    return {"state": _read(os.path.join(base, "state")), "devices": _session_devices(base)}
+    return {
+        "state": _read(os.path.join(base, "state")),
+        "recovery_tmo": _int_or_none(_read(os.path.join(base, "recovery_tmo"))),
+        "devices": _session_devices(base),
+    }
 
 
 # --- running iscsiadm ----------------------------------------------------------
@@ -268,8 +285,10 @@ def sessions():
     The iSCSI sessions of this host: ONE ``iscsiadm -m session`` call plus sysfs reads.
 
     Returns a list of ``{sid, transport, target, portal, tpgt, state,
-    devices: [{lun, hctl, device}]}``; ``state`` is the kernel's session state
-    (``LOGGED_IN``, ``FAILED``, ``FREE``) and ``device`` the SCSI disk
+    recovery_tmo, devices: [{lun, hctl, device}]}``; ``state`` is the
+    kernel's session state (``LOGGED_IN``, ``FAILED``, ``FREE``),
+    ``recovery_tmo`` the seconds its I/O waits for a lost connection before
+    it fails (None if unreadable), and ``device`` the SCSI disk
     (``/dev/sdX``) of each LUN. No session is an empty list, not an error.
 
     CLI Example:
@@ -284,8 +303,7 @@ def sessions():
     out = []
     for session in _parse_sessions(res["stdout"]):
         info = _session_sysfs(session["sid"])
-        session["state"] = info["state"]
-        session["devices"] = info["devices"]
+        session.update(info)
         out.append(session)
     return out
 
@@ -316,12 +334,15 @@ def _ensure_node(target, portal):
     return True
 
 
-def login(target, portal, wait=15):
+def login(target, portal, wait=15, replacement_timeout=None):
     """
     Log in to ``target`` on ``portal``; a no-op when that session is already up.
 
     Creates the node record if needed and sets ``node.startup=automatic`` so
-    the session is restored at boot. After a new login it waits up to
+    the session is restored at boot. ``replacement_timeout`` (seconds, 1 to
+    3600; default: leave the record's) is set on the node record before a
+    new login, so the new session has it (an existing session is left as is:
+    ``set_replacement_timeout`` changes a live one). After a new login it waits up to
     ``wait`` seconds (sysfs polling only) for the kernel to attach the LUNs'
     block devices. Returns ``{"changed", "changes", "session"}`` (the session
     as ``sessions`` shows it).
@@ -340,13 +361,17 @@ def login(target, portal, wait=15):
         salt node2 xencluster_iscsi.login iqn.2025-01.lab.xen:node1 192.168.100.1
     """
     target, portal = _check_iqn(target), _check_portal(portal)
+    if replacement_timeout is not None:
+        replacement_timeout = _check_timeout(replacement_timeout)
     changes = []
     if _ensure_node(target, portal):
         changes.append(f"node record {target} {portal} created")
-    startup = _run([*_node(target, portal), "-o", "show"])["stdout"]
-    if not re.search(r"^node\.startup = automatic$", startup, re.M):
+    record = _run([*_node(target, portal), "-o", "show"])["stdout"]
+    if not re.search(r"^node\.startup = automatic$", record, re.M):
         _run([*_node(target, portal), "-o", "update", "-n", "node.startup", "-v", "automatic"])
         changes.append("node.startup set to automatic")
+    if replacement_timeout is not None:
+        changes.extend(_update_record_timeout(target, portal, record, replacement_timeout))
     current = _find(sessions(), target, portal)
     if current is None:
         # A session the kernel is recovering (state FAILED) is left to the kernel.
@@ -364,13 +389,79 @@ def login(target, portal, wait=15):
     return {"changed": bool(changes), "changes": changes, "session": current}
 
 
+def _check_timeout(seconds):
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_REPLACEMENT_TIMEOUT:
+        raise SaltInvocationError(f"replacement_timeout must be 1 to {MAX_REPLACEMENT_TIMEOUT} seconds: {seconds!r}")
+    return seconds
+
+
+def _record_timeout(record):
+    """The replacement_timeout of a node record (``-o show`` text), or None."""
+    found = _NODE_TIMEOUT_RE.search(record)
+    return int(found.group(1)) if found else None
+
+
+def _update_record_timeout(target, portal, record, seconds):
+    """Set the record's replacement_timeout unless it has it; the change lines."""
+    old = _record_timeout(record)
+    if old == seconds:
+        return []
+    _run([*_node(target, portal), "-o", "update", "-n", REPLACEMENT_TIMEOUT_KEY, "-v", str(seconds)])
+    return [f"{REPLACEMENT_TIMEOUT_KEY} {old} -> {seconds} (node record)"]
+
+
+def _write_recovery_tmo(session, seconds):
+    """Write a live session's sysfs ``recovery_tmo`` (the kernel refuses it while the session recovers)."""
+    path = os.path.join(SYSFS_SESSIONS, f"session{session['sid']}", "recovery_tmo")
+    try:
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write(f"{seconds}\n")
+    except OSError as exc:
+        raise CommandExecutionError(
+            f"cannot set recovery_tmo of session {session['sid']} ({session['target']} on {session['portal']}, "
+            f"state {session.get('state')}): {path}: {exc.strerror or exc}",
+            info={"stderr": str(exc)},
+        ) from exc
+
+
+def set_replacement_timeout(target, portal, seconds):
+    """
+    Set how long I/O to ``target`` on ``portal`` waits for a lost session before it fails.
+
+    ``seconds`` (1 to 3600) goes to the node record's
+    ``node.session.timeo.replacement_timeout`` (the next login and every boot
+    use it) and to the live session's sysfs ``recovery_tmo`` (iscsiadm
+    cannot change a running session). Both are written only when they differ:
+    a second call changes nothing. The node record must exist. The kernel
+    refuses the sysfs write while the session is recovering (state
+    ``FAILED``): that is an error, and the record is still updated. Returns
+    ``{"changed", "changes"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_iscsi.set_replacement_timeout iqn.2025-01.lab.xen:node1 192.168.100.1 20
+    """
+    target, portal = _check_iqn(target), _check_portal(portal)
+    seconds = _check_timeout(seconds)
+    res = _run([*_node(target, portal), "-o", "show"], ok=(0, ISCSI_ERR_NO_OBJS_FOUND))
+    if res["retcode"] == ISCSI_ERR_NO_OBJS_FOUND:
+        raise CommandExecutionError(f"no node record for {target} on {portal}", info={"stderr": res.get("stderr", "")})
+    changes = _update_record_timeout(target, portal, res["stdout"], seconds)
+    session = _find(sessions(), target, portal)
+    if session is not None and session.get("recovery_tmo") != seconds:
+        _write_recovery_tmo(session, seconds)
+        changes.append(f"recovery_tmo of session {session['sid']} {session.get('recovery_tmo')} -> {seconds}")
+    return {"changed": bool(changes), "changes": changes}
+
+
 def _wait_for_devices(session, wait):
     """The kernel scans the LUNs of a new session asynchronously: poll sysfs (only) for them."""
     deadline = time.monotonic() + max(0, float(wait))
     while session is not None and not session["devices"] and time.monotonic() < deadline:
         time.sleep(0.5)
-        info = _session_sysfs(session["sid"])
-        session = {**session, "state": info["state"], "devices": info["devices"]}
+        session = {**session, **_session_sysfs(session["sid"])}
     return session
 
 

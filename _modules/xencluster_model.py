@@ -22,6 +22,8 @@ Schema (pillar key ``xencluster``; examples with every key explained:
         name: lab                   # NAME (see below)
         iqn_base: iqn.2025-01.lab.xen   # IQN prefix of initiators and targets
         san_port: 3260              # iSCSI port of every portal (default 3260)
+        replacement_timeout: 20     # seconds an imported leg's I/O waits for its lost session
+                                    # before it fails (default 20; open-iscsi's own is 120)
         chap:                       # optional; default credentials of every node
           userid: xc-lab            # 1-255 of [A-Za-z0-9._:@-]
           password: ...             # 12-255 of [A-Za-z0-9!#%+,./:=@^_~-]
@@ -145,6 +147,13 @@ REDACTED = "********"
 ROOT = "xencluster"
 LEG_DIR = "/dev/xencluster"
 DEFAULT_SAN_PORT = 3260
+# open-iscsi's node.session.timeo.replacement_timeout for the legs: how long a guest's writes
+# stall when a leg's owner is gone before md in the guest fails that leg and goes on degraded.
+# open-iscsi's default, 120 s, freezes every guest of the surviving node for two minutes; a
+# mirror has a second leg, so failing fast is the better trade. Below 5 s, a bond failover or
+# a busy target could fail a healthy leg (it is re-added with a bitmap resync).
+DEFAULT_REPLACEMENT_TIMEOUT = 20
+REPLACEMENT_TIMEOUT_RANGE = (5, 600)
 LV_NAME_MAX = 64
 MIB = 1024**2
 
@@ -212,7 +221,7 @@ MIN_MEMORY = 32 * MIB
 MAX_MEMORY = 1 << 46  # 64 TiB, as xencluster_xl
 
 TOP_KEYS = ("cluster", "nodes", "guests", "backup")
-CLUSTER_KEYS = ("name", "iqn_base", "san_port", "chap")
+CLUSTER_KEYS = ("name", "iqn_base", "san_port", "replacement_timeout", "chap")
 CHAP_KEYS = ("userid", "password", "mutual_userid", "mutual_password")
 NODE_KEYS = ("minion", "initiator", "mgmt_interface", "san", "vgs", "bonds", "vlans", "chap")
 SAN_KEYS = ("interface", "address")
@@ -430,7 +439,8 @@ def _cluster(p, raw):
     path = f"{ROOT}.cluster"
     raw = p.mapping(raw, path)
     if raw is None:
-        return {"name": None, "iqn_base": None, "san_port": DEFAULT_SAN_PORT, "chap": None}
+        return {"name": None, "iqn_base": None, "san_port": DEFAULT_SAN_PORT,
+                "replacement_timeout": DEFAULT_REPLACEMENT_TIMEOUT, "chap": None}
     p.keys(raw, path, CLUSTER_KEYS, ("name", "iqn_base"))
     iqn_base = raw.get("iqn_base")
     if "iqn_base" in raw and not _valid_iqn(iqn_base):
@@ -444,6 +454,8 @@ def _cluster(p, raw):
         "name": p.match(raw.get("name"), f"{path}.name", NAME, "cluster name") if "name" in raw else None,
         "iqn_base": iqn_base,
         "san_port": p.integer(raw.get("san_port", DEFAULT_SAN_PORT), f"{path}.san_port", 1, 65535),
+        "replacement_timeout": p.integer(raw.get("replacement_timeout", DEFAULT_REPLACEMENT_TIMEOUT),
+                                         f"{path}.replacement_timeout", *REPLACEMENT_TIMEOUT_RANGE),
         "chap": _chap(p, raw.get("chap"), f"{path}.chap"),
     }
 
@@ -1478,6 +1490,7 @@ def _imported(full, name):
             "path": leg["path"], "size": leg["size"], "serial": leg["serial"],
             "target": leg["target"], "lun": leg["lun"],
             "portals": [e["portal"] for e in _shared_san(owner, me)],
+            "replacement_timeout": full["cluster"]["replacement_timeout"],
             "chap": _credentials(full, name),
         })  # fmt: skip
     return sorted(out, key=lambda leg: leg["lv"])

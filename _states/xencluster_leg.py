@@ -105,6 +105,7 @@ REQUIRED = (
     "xencluster_lio.save",
     "xencluster_iscsi.valid_iqn",
     "xencluster_iscsi.login",
+    "xencluster_iscsi.set_replacement_timeout",
     "xencluster_iscsi.logout",
     "xencluster_iscsi.set_chap",
     "xencluster_iscsi.rescan",
@@ -112,7 +113,7 @@ REQUIRED = (
 )
 
 # The order actions are applied in: LVs, exports, saving LIO, sessions, links.
-PHASES = ("lv_create", "lv_extend", "export", "lio_save", "logout", "login", "rescan", "wait_for")
+PHASES = ("lv_create", "lv_extend", "export", "lio_save", "logout", "login", "session_timeout", "rescan", "wait_for")
 TPG_TAG = 1
 WILDCARDS = ("0.0.0.0", "[::]")
 CHAP_KEYS = ("userid", "password", "mutual_userid", "mutual_password")
@@ -213,10 +214,11 @@ def _owned_leg(leg, guest, disk, owner, vg, lv, size, stripes, stripe_size, pvs,
     }  # fmt: skip
 
 
-def _imported_leg(leg, guest, disk, owner, target, portals, lun, chap):
+def _imported_leg(leg, guest, disk, owner, target, portals, lun, chap, replacement_timeout=None):
     return {
         "leg": leg, "guest": guest, "disk": disk, "owner": owner, "target": target,
         "portals": list(portals), "lun": lun, "chap": _chap_flags(chap)[0],
+        "replacement_timeout": replacement_timeout,
     }  # fmt: skip
 
 
@@ -226,7 +228,8 @@ def desired_from_view(view, prune=False):
 
     Every owned leg: its LV (no PV restriction: LVM allocates in the VG) and
     its export to the partner's initiator on this node's portals; every
-    imported leg: a session on each of the owner's portals. ``check_foreign``
+    imported leg: a session on each of the owner's portals, with the
+    cluster's ``replacement_timeout``. ``check_foreign``
     is on: sessions and targets under ``<iqn_base>:`` that the model does not
     name are reported (or, for sessions, logged out with ``prune``).
     """
@@ -240,7 +243,7 @@ def desired_from_view(view, prune=False):
     ]
     imported = [
         _imported_leg(leg["lv"], leg["guest"], leg["disk"], leg["owner"], leg["target"], leg["portals"],
-                      leg["lun"], leg["chap"])  # fmt: skip
+                      leg["lun"], leg["chap"], leg["replacement_timeout"])  # fmt: skip
         for leg in view["imported"]
     ]
     return {
@@ -448,7 +451,7 @@ def _plan_imported(leg, sessions, links, out, rescan):
         if session is None:
             out["actions"].append({
                 "op": "login", "leg": leg["leg"], "target": leg["target"], "portal": portal,
-                "startup": "automatic", "chap": leg["chap"],
+                "startup": "automatic", "chap": leg["chap"], "replacement_timeout": leg.get("replacement_timeout"),
             })  # fmt: skip
             usable = True
         elif session.get("state") != "LOGGED_IN":
@@ -457,6 +460,12 @@ def _plan_imported(leg, sessions, links, out, rescan):
                                  f"recovery; is {leg['owner']} or the SAN down?)")  # fmt: skip
         else:
             usable = True
+            wanted = leg.get("replacement_timeout")
+            if wanted is not None and session.get("recovery_tmo") != wanted:
+                out["actions"].append({
+                    "op": "session_timeout", "leg": leg["leg"], "target": leg["target"], "portal": portal,
+                    "sid": session.get("sid"), "old": session.get("recovery_tmo"), "new": wanted,
+                })  # fmt: skip
             if leg["leg"] not in links and not any(d["lun"] == leg["lun"] for d in session.get("devices") or []):
                 rescan.append(leg["leg"])  # logged in before the LUN was mapped to us
     if usable:
@@ -496,8 +505,8 @@ def plan(snapshot, desired):
 
     Returns ``{"actions": [...], "errors": [...], "warnings": [...]}``:
     actions are plain dicts with ``op`` (``lv_create``, ``lv_extend``,
-    ``export``, ``lio_save``, ``logout``, ``login``, ``rescan``,
-    ``wait_for``) in the order ``apply`` runs them, and never hold a secret;
+    ``export``, ``lio_save``, ``logout``, ``login``, ``session_timeout``,
+    ``rescan``, ``wait_for``) in the order ``apply`` runs them, and never hold a secret;
     errors (the state fails) and warnings (reported only) are lines starting
     with the leg id. Nothing is ever planned that shrinks or removes data.
     """
@@ -536,7 +545,12 @@ def describe(action):
     if op == "logout":
         return f"log out of {action['target']} on {action['portal']} and delete its node record (prune)"
     if op == "login":
-        return f"log in to {action['target']} on {action['portal']} (node.startup automatic)"
+        timeout = action.get("replacement_timeout")
+        return (f"log in to {action['target']} on {action['portal']} (node.startup automatic"
+                + (f", replacement_timeout {timeout} s)" if timeout is not None else ")"))
+    if op == "session_timeout":
+        return (f"set replacement_timeout of the session to {action['target']} on {action['portal']} "
+                f"from {action['old']} to {action['new']} s (node record and live session)")
     if op == "rescan":
         return f"rescan the iSCSI sessions (no LUN yet for {', '.join(action['legs'])})"
     if op == "wait_for":
@@ -581,7 +595,11 @@ def _login(action, deadline):
     while True:
         attempt += 1
         try:
-            return __salt__["xencluster_iscsi.login"](target, portal), attempt
+            if action.get("replacement_timeout") is None:
+                return __salt__["xencluster_iscsi.login"](target, portal), attempt
+            return __salt__["xencluster_iscsi.login"](
+                target, portal, replacement_timeout=action["replacement_timeout"]
+            ), attempt
         except Exception as exc:  # pylint: disable=broad-except
             if not _retryable(exc):
                 raise
@@ -641,6 +659,9 @@ def _run(action, credentials, timeout, deadline=None):
         if res.get("session") is None:
             raise RuntimeError(f"no session to {action['target']} on {action['portal']} after the login")
         return {"changes": changes + list(res["changes"]), "sid": res["session"].get("sid"), "attempts": attempts}
+    if op == "session_timeout":
+        res = __salt__["xencluster_iscsi.set_replacement_timeout"](action["target"], action["portal"], action["new"])
+        return {"changes": res["changes"]}
     if op == "rescan":
         __salt__["xencluster_iscsi.rescan"]()
         return {"rescanned": True}
@@ -894,7 +915,8 @@ def node_legs(name, node=None, prune=False, timeout=DEFAULT_TIMEOUT, import_wait
 
 def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, owner=None, partner=None,
             target=None, initiators=None, portals=None, serial=None, lun=0, chap=None, node=None,
-            from_pillar=False, timeout=DEFAULT_TIMEOUT, import_wait=DEFAULT_IMPORT_WAIT):  # fmt: skip
+            replacement_timeout=None, from_pillar=False, timeout=DEFAULT_TIMEOUT,
+            import_wait=DEFAULT_IMPORT_WAIT):  # fmt: skip
     """
     Converge one disk leg ``name`` (``<guest>.<disk>.<owner>``) on this node.
 
@@ -913,6 +935,10 @@ def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, 
         The two nodes of the pair (``owner`` defaults to the leg id's node).
     node
         This node's name in the cluster (default: ``grains["id"]``).
+    replacement_timeout
+        On the partner: seconds (1-3600) the leg's I/O waits for a lost
+        session before it fails, set on the node record and the live session
+        (default: left as it is; ``from_pillar`` takes the cluster's).
     from_pillar
         Take every other argument from the cluster model (validated first).
     timeout
@@ -951,7 +977,8 @@ def present(name, vg=None, size=None, stripes=None, stripe_size=None, pvs=None, 
         else:
             args = {"vg": vg, "size": size, "stripes": stripes, "stripe_size": stripe_size, "pvs": pvs,
                     "owner": owner, "partner": partner, "target": target, "initiators": initiators,
-                    "portals": portals, "serial": serial, "lun": lun, "chap": chap, "node": node}  # fmt: skip
+                    "portals": portals, "serial": serial, "lun": lun, "chap": chap, "node": node,
+                    "replacement_timeout": replacement_timeout}  # fmt: skip
             desired = _manual(name, guest, disk, leg_node, args)
             here = desired["node"]
             secrets = _check_chap(chap)
@@ -1000,10 +1027,14 @@ def _manual(name, guest, disk, leg_node, args):
         missing = [k for k in ("target", "portals") if args[k] is None]
         if missing:
             raise _Refused(f"on the partner {here}, leg {name} needs {', '.join(missing)}")
+        timeout = args["replacement_timeout"]
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
+                                    or not 1 <= timeout <= 3600):  # fmt: skip
+            raise _Refused(f"replacement_timeout must be 1 to 3600 seconds: {timeout!r}")
         if not __salt__["xencluster_iscsi.valid_iqn"](args["target"]):
             raise _Refused(f"invalid target IQN {args['target']!r}")
         desired["imported"].append(_imported_leg(
-            name, guest, disk, owner, args["target"], _portals(args["portals"]), args["lun"], chap,
+            name, guest, disk, owner, args["target"], _portals(args["portals"]), args["lun"], chap, timeout,
         ))  # fmt: skip
     else:
         raise _Refused(f"this node {here!r} is neither the owner {owner!r} nor the partner {partner!r} of {name}")

@@ -29,6 +29,9 @@ xencluster:
     # iqn.YYYY-MM.<reversed domain you own>, lower case, at least two labels.
     iqn_base: iqn.2025-01.net.example.xen
     san_port: 3260
+    # Seconds a leg's I/O waits for a lost session before it fails (md in the guest then
+    # drops the leg). Default 20; keep it above the SAN's worst path failover time.
+    replacement_timeout: 20
     # CHAP for every node, unless a node has its own `chap:` below. The
     # partner's initiator logs in with userid/password; with mutual_* the
     # target proves itself too. Secrets: 12-255 characters of

@@ -32,6 +32,10 @@ xencluster:
     # after the date: iqn.2025-01.lab would be refused.
     iqn_base: iqn.2025-01.lab.xen
     san_port: 3260
+    # Seconds an imported leg's I/O waits for a lost session before it fails, so md in the
+    # guest drops that leg and goes on degraded (open-iscsi's own default: 120 s of frozen
+    # guest writes when a node dies). Set on every leg's node record and live session.
+    replacement_timeout: 20
     # No CHAP in the lab: the SAN segment is private to the nodes. LIO still
     # only lets in the one partner initiator each leg is exported to.
 

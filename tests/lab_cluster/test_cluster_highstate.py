@@ -367,6 +367,14 @@ def test_a_second_highstate_changes_nothing(applied):
         changed = {sid: s["changes"] for sid, s in states.items() if s["changes"]}
         assert changed == {}, f"{node}: {json.dumps(changed, indent=1)[:4000]}"
         assert all(s["result"] is True for s in states.values()), node
+    # every leg session fails its I/O after the pillar's replacement_timeout (20 s), not open-iscsi's 120
+    sessions = each("xencluster_iscsi.sessions")
+    for node in NODES:
+        legs = [s for s in sessions[node] if s["target"].startswith("iqn.2025-01.lab.xen:")]
+        assert legs and {s["recovery_tmo"] for s in legs} == {20}, (node, legs)
+        records = run(["iscsiadm", "-m", "node", "-o", "show"], node)
+        timeouts = re.findall(r"^node\.session\.timeo\.replacement_timeout = (\d+)$", records, re.M)
+        assert timeouts and set(timeouts) == {"20"}, (node, timeouts)
 
 
 def test_running_refuses_a_guest_that_runs_on_the_other_node(applied):

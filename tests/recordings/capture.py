@@ -31,8 +31,11 @@ and ``xl block-list NAME`` (``xl_list_l.NAME.out``, ``xl_block_list.NAME.out``).
 ``xencluster_lio.exports`` makes) as ``dump.json``, with every CHAP value
 replaced by ``REDACTED``. ``iscsi`` records ``iscsiadm -m session``
 (``session.out``; rc 21 "No active sessions" is kept as a valid answer), the
-sysfs files ``xencluster_iscsi.sessions`` reads (``sysfs.json``), and with
-``--portal`` a SendTargets discovery (``discovery.out``).
+sysfs files ``xencluster_iscsi.sessions`` reads (``sysfs.json``), the node
+record of each session as ``login`` and ``set_replacement_timeout`` read it
+(``iscsiadm -m node -T T -p P -o show``: ``node.<sid>.out``; iscsiadm masks
+CHAP secrets there), and with ``--portal`` a SendTargets discovery
+(``discovery.out``).
 """
 
 import argparse
@@ -221,14 +224,25 @@ def _capture_iscsi(args):
             sys.exit(f"{argv} failed (rc {proc.returncode}): {proc.stderr.decode(errors='replace')}")
         (args.outdir / f"{name}.out").write_bytes(proc.stdout)
         meta["commands"][name] = {"argv": argv, "rc": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
+    listed = (args.outdir / "session.out").read_text()
+    for session in mod._parse_sessions(listed) if meta["commands"]["session"]["rc"] == 0 else []:
+        argv = [*mod._node(session["target"], session["portal"]), "-o", "show"]
+        proc = _run(argv)
+        if proc.returncode != 0:
+            sys.exit(f"{argv} failed (rc {proc.returncode}): {proc.stderr.decode(errors='replace')}")
+        name = f"node.{session['sid']}"
+        (args.outdir / f"{name}.out").write_bytes(proc.stdout)
+        meta["commands"][name] = {"argv": argv, "rc": 0, "stderr": proc.stderr.decode(errors="replace")}
     sysfs = {}
     base = pathlib.Path(mod.SYSFS_SESSIONS)
     for session in sorted(base.glob("session*")):
-        entry = {f: (session / f).read_text().strip() for f in ("targetname", "state") if (session / f).exists()}
+        entry = {f: (session / f).read_text().strip() for f in ("targetname", "state", "recovery_tmo")
+                 if (session / f).exists()}  # fmt: skip
         entry["block"] = sorted(str(p.relative_to(session)) for p in session.glob("device/target*/*/block/*"))
         sysfs[session.name] = entry
     (args.outdir / "sysfs.json").write_text(json.dumps(sysfs, indent=2, sort_keys=True) + "\n")
-    meta["commands"]["sysfs"] = {"read": f"{base}/session*/{{targetname,state}}, {base}/session*/device/target*/*/block/*"}
+    meta["commands"]["sysfs"] = {"read": f"{base}/session*/{{targetname,state,recovery_tmo}}, "
+                                         f"{base}/session*/device/target*/*/block/*"}
     (args.outdir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"recorded {', '.join(commands)}, sysfs into {args.outdir}")
 

@@ -23,6 +23,8 @@ ONE = "lab-node2-xcl-session"
 TARGET = "iqn.2025-01.lab.xen:xcl-node1"
 PORTAL = "192.168.100.1:3260"
 NODE = ["iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL]
+# A node record as `iscsiadm -m node -T T -p P -o show` prints it.
+RECORD_TEXT = "node.name = x\nnode.startup = manual\nnode.session.timeo.replacement_timeout = 120\n"
 
 INJECTIONS = [
     "", "x; rm -rf /", "$(reboot)", "`id`", "x|cat", "x\n", "-ff", "--login", "../../etc", "a b",
@@ -49,7 +51,7 @@ def build_sysfs(root, name):
     for session, entry in json.loads(rec(name, "sysfs.json")).items():
         base = root / session
         base.mkdir(parents=True)
-        for key in ("targetname", "state"):
+        for key in ("targetname", "state", "recovery_tmo"):
             if key in entry:
                 (base / key).write_text(entry[key] + "\n")
         for block in entry["block"]:
@@ -199,6 +201,86 @@ def test_login_creates_the_record_sets_automatic_and_logs_in(run_all, tmp_path, 
         f"logged in to {TARGET} on {PORTAL}",
     ]
     assert ret["session"]["state"] == "LOGGED_IN"
+
+
+# --- replacement_timeout -----------------------------------------------------------------
+
+TIMEOUT_UPDATE = (*NODE, "-o", "update", "-n", "node.session.timeo.replacement_timeout")
+
+
+def record_with_timeout(seconds):
+    """A node record as ``-o show`` prints it, with ``seconds`` as its replacement_timeout."""
+    text = RECORD_TEXT
+    assert text.count("node.session.timeo.replacement_timeout = 120\n") == 1
+    return text.replace("replacement_timeout = 120\n", f"replacement_timeout = {seconds}\n")
+
+
+@pytest.fixture
+def timed_session(one_session, tmp_path):
+    """The recorded session, its sysfs recovery_tmo at open-iscsi's default 120, its node record."""
+    base = pathlib.Path(iscsi.SYSFS_SESSIONS) / "session2"
+    (base / "recovery_tmo").write_text("120\n")
+    one_session.outputs[(*NODE, "-o", "show")] = record_with_timeout(120)
+    one_session.outputs[(*TIMEOUT_UPDATE, "-v", "20")] = ""
+    return base
+
+
+def test_the_recorded_record_parses_to_its_timeout():
+    assert iscsi._record_timeout(RECORD_TEXT) == 120  # pylint: disable=protected-access
+    assert iscsi._record_timeout("node.startup = automatic\n") is None  # pylint: disable=protected-access
+
+
+def test_set_replacement_timeout_changes_the_record_and_the_live_session_once(timed_session, one_session):
+    ret = iscsi.set_replacement_timeout(TARGET, PORTAL, 20)
+    assert ret == {"changed": True, "changes": [
+        "node.session.timeo.replacement_timeout 120 -> 20 (node record)", "recovery_tmo of session 2 120 -> 20",
+    ]}  # fmt: skip
+    assert (timed_session / "recovery_tmo").read_text() == "20\n"
+    assert [c for c in one_session.calls if "update" in c] == [[*TIMEOUT_UPDATE, "-v", "20"]]
+    one_session.outputs[(*NODE, "-o", "show")] = record_with_timeout(20)
+    one_session.calls.clear()
+    assert iscsi.set_replacement_timeout(TARGET, PORTAL, 20) == {"changed": False, "changes": []}
+    assert [c for c in one_session.calls if "update" in c] == []
+
+
+def test_set_replacement_timeout_reports_the_kernels_refusal(timed_session, one_session):
+    (timed_session / "recovery_tmo").unlink()
+    (timed_session / "recovery_tmo").mkdir()  # an unwritable attribute, as for a session in recovery (EBUSY)
+    with pytest.raises(CommandExecutionError) as exc:
+        iscsi.set_replacement_timeout(TARGET, PORTAL, 20)
+    assert f"cannot set recovery_tmo of session 2 ({TARGET} on {PORTAL}, state LOGGED_IN)" in str(exc.value)
+    assert [c for c in one_session.calls if "update" in c] == [[*TIMEOUT_UPDATE, "-v", "20"]]  # the record is set
+
+
+def test_set_replacement_timeout_needs_a_node_record(run_all):
+    run_all.outputs[(*NODE, "-o", "show")] = {"retcode": 21, "stderr": "iscsiadm: No records found\n"}
+    with pytest.raises(CommandExecutionError, match=f"no node record for {TARGET} on {PORTAL}"):
+        iscsi.set_replacement_timeout(TARGET, PORTAL, 20)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 3601, "20", "20; reboot", True, 2.5, None])
+def test_bad_timeouts_never_reach_iscsiadm(run_all, bad):
+    with pytest.raises(SaltInvocationError, match="replacement_timeout must be 1 to 3600 seconds"):
+        iscsi.set_replacement_timeout(TARGET, PORTAL, bad)
+    with pytest.raises(SaltInvocationError, match="replacement_timeout must be 1 to 3600 seconds"):
+        iscsi.login(TARGET, PORTAL, replacement_timeout=bad if bad is not None else "x")
+    assert run_all.calls == []
+
+
+def test_login_sets_the_timeout_on_the_record_before_it_logs_in(run_all, tmp_path, monkeypatch):
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", ONE)))
+    run_all.outputs[tuple(NODE)] = "node.name = x\n"
+    run_all.outputs[(*NODE, "-o", "show")] = record_with_timeout(120).replace("startup = manual", "startup = automatic")
+    run_all.outputs[(*TIMEOUT_UPDATE, "-v", "20")] = ""
+    run_all.outputs[(*NODE, "--login")] = "Login ... successful.\n"
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(NONE, "session")
+    run_all.effects["iscsiadm"] = lambda argv: "--login" in argv and run_all.outputs.update(
+        {tuple(iscsi.SESSION_ARGV): answer(ONE, "session")})
+    ret = iscsi.login(TARGET, PORTAL, replacement_timeout=20)
+    assert ret["changes"] == ["node.session.timeo.replacement_timeout 120 -> 20 (node record)",
+                              f"logged in to {TARGET} on {PORTAL}"]  # fmt: skip
+    updates = [i for i, c in enumerate(run_all.calls) if "update" in c]
+    assert updates and updates[-1] < run_all.calls.index([*NODE, "--login"])
 
 
 def test_login_race_with_an_existing_session_is_not_an_error(no_session):
@@ -411,7 +493,7 @@ def test_session_devices_are_what_the_glob_found(tmp_path):
     devices = read(3, root=str(tmp_path))["devices"]
     assert devices == _glob_devices(str(base))
     assert [d["device"] for d in devices] == ["/dev/sda", "/dev/sdb", "/dev/sdc", "/dev/sr0", "/dev/sdk"]
-    assert read(9, root=str(tmp_path)) == {"state": None, "devices": []}
+    assert read(9, root=str(tmp_path)) == {"state": None, "recovery_tmo": None, "devices": []}
 
 
 @pytest.mark.parametrize("name", [NONE, ONE])
@@ -423,11 +505,12 @@ def test_recorded_sessions_are_unchanged(name, run_all, tmp_path, monkeypatch):
     for session in iscsi._parse_sessions(rec(name, "session.out")):  # pylint: disable=protected-access
         base = root / f"session{session['sid']}"
         state = (base / "state").read_text().strip()
-        expected.append({**session, "state": state, "devices": _glob_devices(str(base))})
+        tmo = int((base / "recovery_tmo").read_text()) if (base / "recovery_tmo").exists() else None
+        expected.append({**session, "state": state, "recovery_tmo": tmo, "devices": _glob_devices(str(base))})
     assert iscsi.sessions() == expected
     if name == ONE:
         assert expected == [{"sid": 2, "transport": "tcp", "portal": PORTAL, "tpgt": 1, "target": TARGET,
-                             "state": "LOGGED_IN",
+                             "state": "LOGGED_IN", "recovery_tmo": None,  # recorded before it was read
                              "devices": [{"lun": 0, "hctl": "2:0:0:0", "device": "/dev/sda"}]}]  # fmt: skip
 
 
@@ -442,7 +525,7 @@ class _IO:
 
 
 def test_one_session_costs_one_read_and_a_listing_per_level(tmp_path, monkeypatch):
-    """Per session: its state file, and device/, target*/ and each LUN's block/ listed once; no stat."""
+    """Per session: its state and recovery_tmo files, and device/, target*/ and each LUN's block/ listed once; no stat."""
     if not _IO.hooked:
         sys.addaudithook(_IO.audit)
         _IO.hooked = True
@@ -460,6 +543,7 @@ def test_one_session_costs_one_read_and_a_listing_per_level(tmp_path, monkeypatc
     base = str(tmp_path / "sys" / "session2")
     assert [(e, os.path.relpath(p, base)) for e, p in events] == [
         ("open", "state"),
+        ("open", "recovery_tmo"),
         ("os.scandir", "device"),
         ("os.scandir", "device/target2:0:0"),
         ("os.scandir", "device/target2:0:0/2:0:0:0/block"),

@@ -80,7 +80,7 @@ class Host:
         self.root, self.run_all = root, run_all
         self.lvs = {}  # name -> {"size", "stripes", "stripe_size"}
         self.dump = {"fabric_modules": [], "storage_objects": [], "targets": []}
-        self.sessions = []  # {"sid", "portal", "target", "state", "lun0"}
+        self.sessions = []  # {"sid", "portal", "target", "state", "lun0", "recovery_tmo"}
         self.links = {}  # leg id -> "lv" | "iscsi" | "unknown"
         self.dumps = 0
         self.vg_free = vg_free
@@ -118,9 +118,11 @@ class Host:
         ]
         self.dump["targets"].append(t)
 
-    def add_session(self, target, portal, state="LOGGED_IN", lun0=True, link=True):
+    def add_session(self, target, portal, state="LOGGED_IN", lun0=True, link=True,
+                    recovery_tmo=model_mod.DEFAULT_REPLACEMENT_TIMEOUT):  # fmt: skip
         sid = max((s["sid"] for s in self.sessions), default=1) + 1
-        self.sessions.append({"sid": sid, "portal": portal, "target": target, "state": state, "lun0": lun0})
+        self.sessions.append({"sid": sid, "portal": portal, "target": target, "state": state, "lun0": lun0,
+                              "recovery_tmo": recovery_tmo})  # fmt: skip
         if link and lun0:
             self.links[target.split(":", 1)[1]] = "iscsi"
         return sid
@@ -162,6 +164,8 @@ class Host:
                 base.mkdir()
                 (base / "targetname").write_text(s["target"] + "\n")
                 (base / "state").write_text(s["state"] + "\n")
+                if s.get("recovery_tmo") is not None:
+                    (base / "recovery_tmo").write_text(f"{s['recovery_tmo']}\n")
                 if s["lun0"]:
                     h = s["sid"]
                     (base / "device" / f"target{h}:0:0" / f"{h}:0:0:0" / "block" / _sd_name(i)).mkdir(parents=True)
@@ -262,11 +266,20 @@ class Writes:
         self._rec("save")
         return {"saved": path}
 
-    def login(self, target, portal, wait=15):
-        self._rec("login", target, portal)
-        sid = self.host.add_session(target, portal)
+    def login(self, target, portal, wait=15, replacement_timeout=None):
+        self._rec("login", target, portal, replacement_timeout=replacement_timeout)
+        sid = self.host.add_session(target, portal, recovery_tmo=replacement_timeout or 120)
         session = {"sid": sid, "target": target, "portal": portal, "state": "LOGGED_IN", "devices": []}
         return {"changed": True, "changes": [f"logged in to {target} on {portal}"], "session": session}
+
+    def set_replacement_timeout(self, target, portal, seconds):
+        self._rec("set_replacement_timeout", target, portal, seconds)
+        changes = []
+        for s in self.host.sessions:
+            if (s["target"], s["portal"]) == (target, portal) and s["recovery_tmo"] != seconds:
+                changes.append(f"recovery_tmo of session {s['sid']} {s['recovery_tmo']} -> {seconds}")
+                s["recovery_tmo"] = seconds
+        return {"changed": bool(changes), "changes": changes}
 
     def logout(self, target, portal, delete=False):
         self._rec("logout", target, portal, delete=delete)
@@ -380,6 +393,7 @@ def configure_loader_modules(run_all, host, writes, calls, pillar, opts, grains,
         "xencluster_lvm.lv_create": writes.lv_create, "xencluster_lvm.lv_extend": writes.lv_extend,
         "xencluster_lio.export": writes.export, "xencluster_lio.save": writes.save,
         "xencluster_iscsi.login": writes.login, "xencluster_iscsi.logout": writes.logout,
+        "xencluster_iscsi.set_replacement_timeout": writes.set_replacement_timeout,
         "xencluster_iscsi.set_chap": writes.set_chap, "xencluster_iscsi.rescan": writes.rescan,
         "xencluster_disk.wait_for": writes.wait_for,
     }  # fmt: skip
@@ -534,7 +548,8 @@ def test_fresh_partner_logs_in_to_the_owners_legs(host, writes, pillar, grains, 
     assert [c[1] for c in writes.calls if c[0] == "login"] == [(f"{BASE}:{leg}", P1) for leg in OWNED1]
     waits = [c[1] for c in writes.calls if c[0] == "wait_for"]
     assert ("web1", "root", "node1") in waits and ("web1", "root", "node2") in waits
-    assert "log in to iqn.2025-01.lab.xen:web1.root.node1 on 192.168.100.1:3260 (node.startup automatic)" in ret[
+    assert ("log in to iqn.2025-01.lab.xen:web1.root.node1 on 192.168.100.1:3260 (node.startup automatic, "
+            "replacement_timeout 20 s)") in ret[
         "comment"
     ]
 
@@ -699,6 +714,86 @@ def test_test_mode_and_real_run_return_the_same_actions_on_a_half_converged_host
     assert ret["changes"]["actions"] == predicted["changes"]["actions"]
     assert host.lio_ops == [["map_lun", "delete_portal"]]
     assert "(the plan predicted" not in ret["comment"] and "(LIO made" not in ret["comment"]
+
+
+# --- replacement_timeout: how long a lost leg's I/O waits ---------------------------------
+
+
+def test_a_new_login_carries_the_clusters_replacement_timeout(host, writes, grains, opts, pillar):
+    pillar["xencluster"]["cluster"]["replacement_timeout"] = 15
+    converge(grains, opts)
+    logins = [c for c in writes.calls if c[0] == "login"]
+    assert [c[2] for c in logins] == [{"replacement_timeout": 15}] * len(IMPORTED1)
+    assert all(s["recovery_tmo"] == 15 for s in host.sessions)
+
+
+def test_sessions_with_another_timeout_get_the_models_in_a_test_run_and_a_real_one(host, writes, calls, grains,
+                                                                                   opts, context):  # fmt: skip
+    converge(grains, opts)
+    for s in host.sessions:  # logged in before the model had it: open-iscsi's default
+        s["recovery_tmo"] = 120
+    host.sessions[0]["recovery_tmo"] = 20  # already right: left alone
+    reset(host, writes, calls, context)
+    opts["test"] = True
+    predicted = leg_state.node_legs("node1")
+    assert predicted["result"] is None, predicted["comment"]
+    actions = predicted["changes"]["actions"]
+    assert [a["op"] for a in actions] == ["session_timeout"] * (len(host.sessions) - 1)
+    first = host.sessions[1]
+    assert actions[0] == {"op": "session_timeout", "leg": first["target"].split(":", 1)[1], "target": first["target"],
+                          "portal": first["portal"], "sid": first["sid"], "old": 120, "new": 20}  # fmt: skip
+    assert (f"would set replacement_timeout of the session to {first['target']} on {first['portal']} from 120 to "
+            "20 s (node record and live session)") in predicted["comment"]
+    assert writes.calls == []
+    opts["test"] = False
+    context.clear()
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is True, ret["comment"]
+    assert ret["changes"]["actions"] == actions
+    assert [c[1] for c in writes.calls] == [(s["target"], s["portal"], 20) for s in host.sessions[1:]]
+    assert all(s["recovery_tmo"] == 20 for s in host.sessions)
+    reset(host, writes, calls, context)
+    again = leg_state.node_legs("node1")
+    assert again["result"] is True and again["changes"] == {} and writes.calls == []
+
+
+def test_a_recovering_session_gets_no_timeout_change_only_its_error(host, writes, grains, opts, context, calls):
+    converge(grains, opts)
+    host.sessions[0].update(state="FAILED", recovery_tmo=120)  # the kernel refuses the write then
+    reset(host, writes, calls, context)
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is False
+    assert "session_timeout" not in ops(ret) and writes.calls == []
+    assert "is FAILED (left to the kernel's recovery" in ret["comment"]
+
+
+@pytest.mark.parametrize("bad", [0, 4, 601, "20", True, 2.5])
+def test_a_bad_replacement_timeout_fails_with_its_key_path_before_any_read(host, writes, calls, pillar, bad):
+    pillar["xencluster"]["cluster"]["replacement_timeout"] = bad
+    ret = leg_state.node_legs("node1")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "xencluster.cluster.replacement_timeout: must be an integer from 5 to 600" in ret["comment"]
+    assert calls == ["xencluster_model.validate"] and writes.calls == []
+
+
+@pytest.mark.parametrize("bad", [0, 3601, "20", True])
+def test_present_refuses_a_bad_replacement_timeout(host, writes, grains, calls, bad):
+    grains["id"] = "node2"
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
+                            replacement_timeout=bad)  # fmt: skip
+    assert ret["result"] is False and f"replacement_timeout must be 1 to 3600 seconds: {bad!r}" == ret["comment"]
+    assert calls == [] and writes.calls == []
+
+
+def test_present_without_a_replacement_timeout_leaves_the_sessions_alone(host, writes, grains):
+    grains["id"] = "node2"
+    host.add_session(f"{BASE}:web9.root.node1", P1, recovery_tmo=120)
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2")
+    assert ret["result"] is True and ret["changes"] == {}, ret["comment"]
+    ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
+                            replacement_timeout=30)  # fmt: skip
+    assert ret["result"] is True and ops(ret) == ["session_timeout"]
+    assert host.sessions[0]["recovery_tmo"] == 30
 
 
 # --- bad pillar: nothing read, nothing changed ------------------------------------------------
@@ -896,12 +991,12 @@ class Partner:
         self.attempts = {}  # target -> attempts
         self.times = []  # (clock time, target) of each attempt
 
-    def login(self, target, portal, wait=15):
+    def login(self, target, portal, wait=15, replacement_timeout=None):
         n = self.attempts[target] = self.attempts.get(target, 0) + 1
         self.times.append((self.clock.now, target))
         self.clock.now += self.duration
         if n > self.refusals(target):
-            return self.writes.login(target, portal, wait)
+            return self.writes.login(target, portal, wait, replacement_timeout)
         node = ["iscsiadm", "-m", "node", "-T", target, "-p", portal]
         self.run_all.outputs[tuple(node)] = "node.name = x\n"
         self.run_all.outputs[(*node, "-o", "show")] = "node.startup = automatic\n"
@@ -910,7 +1005,7 @@ class Partner:
             f"iscsiadm: initiator reported error ({self.retcode} - {REFUSALS[self.retcode]})\n"
             "iscsiadm: Could not log into all portals\n"
         )}  # fmt: skip
-        return iscsi_mod.login(target, portal, wait)
+        return iscsi_mod.login(target, portal, wait)  # its record: set_replacement_timeout tests
 
 
 @pytest.fixture
@@ -986,7 +1081,8 @@ def test_a_partner_that_never_exports_fails_every_login_after_one_shared_deadlin
     for leg, attempts in (("db1.root.node2", 4), ("web1.data.node2", 1), ("web1.root.node2", 1)):
         comment = logins[leg]["comment"]
         assert logins[leg]["result"] is False
-        assert comment.startswith(f"log in to {BASE}:{leg} on {P2} (node.startup automatic): node2 did not let this "
+        assert comment.startswith(f"log in to {BASE}:{leg} on {P2} (node.startup automatic, replacement_timeout 20 s): "
+                                  f"node2 did not let this "
                                   f"node log in to {BASE}:{leg} on {P2} within import_wait=25 s (one deadline for "
                                   f"every login of this run; {attempts} attempt(s) for this one); last error: ")
         assert "initiator reported error (24 - iSCSI login failed due to authorization failure)" in comment
@@ -1006,7 +1102,8 @@ def test_import_wait_0_makes_one_attempt(host, writes, opts, partner, clock, cap
     assert p.attempts == {f"{BASE}:{leg}": 1 for leg in IMPORTED1}
     assert clock.sleeps == [] and waiting_lines(caplog) == []
     comment = login_results(ret)["web1.root.node2"]["comment"]
-    assert comment.startswith(f"log in to {BASE}:web1.root.node2 on {P2} (node.startup automatic): iscsiadm -m node "
+    assert comment.startswith(f"log in to {BASE}:web1.root.node2 on {P2} (node.startup automatic, replacement_timeout "
+                              f"20 s): iscsiadm -m node "
                               f"-T {BASE}:web1.root.node2 -p {P2} --login failed (rc 8): ")  # the error as it came
     assert "initiator reported error (8 - connection timed out)" in comment
 
@@ -1040,7 +1137,7 @@ def test_a_login_error_that_is_not_the_partner_is_not_retried(host, writes, opts
     caplog.set_level("INFO", logger=leg_state.__name__)
     p = partner(lambda target: 1, retcode=20)
     if error != "iscsid":
-        def broken(target, portal, wait=15):
+        def broken(target, portal, wait=15, replacement_timeout=None):
             p.attempts[target] = p.attempts.get(target, 0) + 1
             raise error
 

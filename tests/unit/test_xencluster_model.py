@@ -107,7 +107,8 @@ def test_example_pillars_validate(model):
 
 def test_lab_normalised(lab):
     out = xm.validate(lab)
-    assert out["cluster"] == {"name": "lab", "iqn_base": "iqn.2025-01.lab.xen", "san_port": 3260, "chap": None}
+    assert out["cluster"] == {"name": "lab", "iqn_base": "iqn.2025-01.lab.xen", "san_port": 3260,
+                              "replacement_timeout": 20, "chap": None}
     node1 = out["nodes"]["node1"]
     assert node1["initiator"] == "iqn.2025-01.lab.xen:node1"
     assert node1["minion"] == "node1"
@@ -882,6 +883,21 @@ def test_the_model_is_not_mutated_by_a_failed_validation(lab):
 # --- node_view ----------------------------------------------------------------------------------
 
 
+def test_replacement_timeout_defaults_to_20_and_reaches_every_imported_leg(lab):
+    assert all(leg["replacement_timeout"] == 20 for leg in xm.node_view("node2", lab)["imported"])
+    lab["cluster"]["replacement_timeout"] = 45
+    assert xm.validate(lab)["cluster"]["replacement_timeout"] == 45
+    assert {leg["replacement_timeout"] for leg in xm.node_view("node1", lab)["imported"]} == {45}
+
+
+@pytest.mark.parametrize("bad", [4, 601, "20s", None, True])
+def test_a_bad_replacement_timeout_names_its_key(lab, bad):
+    lab["cluster"]["replacement_timeout"] = bad
+    with pytest.raises(SaltInvocationError) as exc:
+        xm.validate(lab)
+    assert "xencluster.cluster.replacement_timeout: must be an integer from 5 to 600, not" in str(exc.value)
+
+
 def test_node_view_lab_node1(lab):
     view = xm.node_view("node1", lab)
     assert view["node"] == "node1" and view["initiator"] == "iqn.2025-01.lab.xen:node1" and view["chap"] is None
@@ -897,7 +913,7 @@ def test_node_view_lab_node1(lab):
     assert imported == {
         "guest": "web1", "disk": "root", "owner": "node2", "lv": "web1.root.node2",
         "path": "/dev/xencluster/web1.root.node2", "size": 256 * MiB, "serial": "web1.root.node2",
-        "target": "iqn.2025-01.lab.xen:web1.root.node2", "lun": 0,
+        "target": "iqn.2025-01.lab.xen:web1.root.node2", "lun": 0, "replacement_timeout": 20,
         "portals": ["192.168.100.2:3260"], "chap": None,
     }  # fmt: skip
     assert view["peers"] == {"node2": {"minion": "node2", "initiator": "iqn.2025-01.lab.xen:node2",
