@@ -50,6 +50,14 @@ on two nodes within the same second can still both pass. The check closes
 everything else (a guest left running, a node that is down or unreachable, a
 migration in flight).
 
+``node_guests`` asks once for all the guests it starts: a ``locate`` answer
+says where every guest runs, so it judges each guest from the same answer
+while that answer is at most ``SHARED_CHECK_FRESH_FOR`` seconds old (30),
+then asks again. Only the guests pinned to this node are started here, and
+nothing else starts a guest by itself, so the wider window only matters for
+a start by hand elsewhere in those seconds; the number of master round trips
+of a node's first highstate no longer grows with its guests.
+
 A guest with ``provision`` in the model is installed by ``salt-run
 xencluster.provision <guest>``, which tags both legs of its first disk
 ``xencluster.provisioned`` as its last disk step. Until then there is nothing
@@ -70,6 +78,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
@@ -84,6 +93,8 @@ DIR_MODE = 0o700
 LOCATE = "xencluster.locate"
 CHECK_TIMEOUT = 10  # seconds the runner waits for the dom0s
 PUBLISH_MARGIN = 30  # the runner's own overhead (find_job, gather_job_timeout)
+SHARED_CHECK_FRESH_FOR = 30  # seconds node_guests judges more guests from one locate answer
+_monotonic = time.monotonic  # patched by the unit tests
 # While `xl migrate` runs, the copy on the target is <guest>--incoming and, at
 # the very end, the source is <guest>--migratedaway: both are the guest.
 ALIASES = ("", "--incoming", "--migratedaway")
@@ -316,12 +327,36 @@ def judge(guest, me, minions, located):
 
 def _live_check(guest, me, minions, timeout):
     """(verdict, reason): ask the master now, then ``judge``."""
-    located, problem = ask_master(minions, timeout)
-    if located is None:
-        return "refuse", f"{problem}; not starting {guest} without the cluster-wide check"
+    return _SharedCheck()(guest, me, minions, timeout)
+
+
+class _SharedCheck:
+    """The live check of the guests of one ``node_guests`` run: one ``locate`` answer while it is fresh.
+
+    Called like ``_live_check``. The answer is reused for at most
+    ``SHARED_CHECK_FRESH_FOR`` seconds after it arrived; a failed ask is not
+    kept (the next guest asks again).
+    """
+
+    def __init__(self):
+        self.located, self.arrived = None, None
+
+    def __call__(self, guest, me, minions, timeout):
+        if self.located is None or _monotonic() - self.arrived > SHARED_CHECK_FRESH_FOR:
+            self.located = None
+            located, problem = ask_master(minions, timeout)
+            if located is None:
+                return "refuse", f"{problem}; not starting {guest} without the cluster-wide check"
+            for other in located["double_runs"]:
+                if other != guest:
+                    log.error("xencluster_guest: DOUBLE RUN of %s reported by %s", other, LOCATE)
+            self.located, self.arrived = located, _monotonic()
+        return _verdict(guest, me, minions, self.located)
+
+
+def _verdict(guest, me, minions, located):
+    """``judge`` with its log lines and the alarm of other guests' double runs."""
     others = [g for g in located["double_runs"] if g != guest]
-    for other in others:
-        log.error("xencluster_guest: DOUBLE RUN of %s reported by %s", other, LOCATE)
     verdict, reason = judge(guest, me, minions, located)
     if verdict == "refuse":
         (log.error if reason.startswith("DOUBLE RUN") else log.warning)("xencluster_guest: %s", reason)
@@ -485,10 +520,12 @@ def _local(name):
     return None, None
 
 
-def _start(name, view, minions, guest, check_timeout, defined_pending=False, unprovisioned="refuse"):
+def _start(name, view, minions, guest, check_timeout, defined_pending=False, unprovisioned="refuse",
+           check=_live_check):  # fmt: skip
     """The body of ``running`` once the model is known.
 
-    ``defined_pending``: node_guests test=True; ``unprovisioned``: see ``_provision_gate``.
+    ``defined_pending``: node_guests test=True; ``unprovisioned``: see
+    ``_provision_gate``; ``check``: the live check (node_guests shares one).
     """
     ret = _ret(name)
     me = view["minion"]
@@ -513,7 +550,7 @@ def _start(name, view, minions, guest, check_timeout, defined_pending=False, unp
         ret["comment"] = f"{path} does not exist: use xencluster_guest.defined {name} first"
         return ret
 
-    verdict, reason = _live_check(name, me, minions, check_timeout)
+    verdict, reason = check(name, me, minions, check_timeout)
     if verdict == "here":  # started by someone else since this run read the domains
         _forget_domains()
         ret.update(result=True, comment=f"{name} is already running on {view['node']} ({reason})")
@@ -765,7 +802,8 @@ def node_guests(name, check_timeout=CHECK_TIMEOUT):
 
     Every guest the model lets this node run (its disks are here) is
     ``defined``; only the guests pinned to this node (``node:`` in pillar) are
-    also ``running``, each after its own live cluster-wide check, except a
+    also ``running``, each after a live cluster-wide check (one ``locate``
+    answer serves the guests started within 30 s of it), except a
     guest with ``provision`` whose first disk's leg here has no
     ``xencluster.provisioned`` tag yet: it is left stopped (``result: True``,
     the comment says to run ``salt-run xencluster.provision <guest>``). Nothing
@@ -795,6 +833,7 @@ def node_guests(name, check_timeout=CHECK_TIMEOUT):
         ret["comment"] = str(exc)
         return ret
     results, comments = {}, []
+    check = _SharedCheck()
     for gname in sorted(view["guests"]):
         guest = view["guests"][gname]
         sub = {"defined": defined(gname)}
@@ -802,7 +841,7 @@ def node_guests(name, check_timeout=CHECK_TIMEOUT):
             try:
                 sub["running"] = _start(
                     gname, view, minions, guest, check_timeout,
-                    defined_pending=sub["defined"]["result"] is None, unprovisioned="wait",
+                    defined_pending=sub["defined"]["result"] is None, unprovisioned="wait", check=check,
                 )  # fmt: skip
             except (SaltInvocationError, CommandExecutionError) as exc:
                 sub["running"] = dict(_ret(gname), comment=str(exc))

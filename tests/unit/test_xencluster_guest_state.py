@@ -856,7 +856,34 @@ def test_node_guests_starts_a_provisioned_guest(pillar, dom0, publish):
     ret = guest_state.node_guests("node1")
     assert ret["result"] is True, ret["comment"]
     assert ret["changes"]["web2"]["running"]["state"] == {"old": "not running", "new": "running"}
-    assert sorted(dom0.domains) == ["web1", "web2"] and len(publish.calls) == 2
+    assert sorted(dom0.domains) == ["web1", "web2"] and len(publish.calls) == 1  # one locate for both starts
+
+
+@pytest.mark.parametrize("step, asks", [(29, 1), (31, 2)])
+def test_node_guests_asks_again_once_the_answer_is_30_s_old(pillar, dom0, publish, monkeypatch, step, asks):
+    add_provisioned_guest(pillar)
+    legs(dom0, tagged=True)
+    ticks = iter(range(0, 10000, step))  # each reading of the clock is `step` seconds later
+    monkeypatch.setattr(guest_state, "_monotonic", lambda: next(ticks))
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is True, ret["comment"]
+    assert sorted(dom0.domains) == ["web1", "web2"] and len(publish.calls) == asks
+
+
+def test_node_guests_keeps_no_failed_ask_and_judges_each_guest_from_the_shared_answer(pillar, dom0, publish):
+    add_provisioned_guest(pillar)
+    legs(dom0, tagged=True)
+    publish.raises = OSError("connection refused")
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is False and dom0.domains == {}
+    assert len(publish.calls) == 2  # a failed ask is asked again for the next guest
+    assert ret["comment"].count("cannot reach xencluster.locate on the master: connection refused") == 2
+    publish.raises, publish.calls = None, []
+    publish.answer = located({"web2": ["node2"]})
+    ret = guest_state.node_guests("node1")
+    assert ret["result"] is False and len(publish.calls) == 1
+    assert sorted(dom0.domains) == ["web1"]  # web1 clear, web2 refused, from the same answer
+    assert "web2 running: web2 is running on node2" in ret["comment"]
 
 
 def test_the_lvm_report_is_read_once_per_run_and_never_when_converged(pillar, dom0, publish, context):
