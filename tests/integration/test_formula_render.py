@@ -6,6 +6,7 @@ A master of its own (127.0.0.1) serves ``salt/`` plus the extension trees
 the formula. Nothing is applied: this host is no dom0.
 """
 
+import json
 import pathlib
 
 import pytest
@@ -181,6 +182,24 @@ def test_the_stream_migration_connector_and_socat(compiled, cli):
     assert "socat" in args(compiled["xencluster-packages"])["pkgs"]
     served = cli.run("cp.get_file_str", connector["source"], minion_tgt="node1")
     assert isinstance(served.data, str) and served.data.startswith("#!/bin/sh\n"), served
+
+
+def test_packages_follow_the_model_xfsprogs_and_debootstrap_only_when_needed(compiled, node1, cli):
+    default = args(compiled["xencluster-packages"])["pkgs"]
+    assert {"rsync", "zstd", "socat"} <= set(default)  # backups, .tar.zst images, stream migrations
+    assert not {"xfsprogs", "debootstrap"} & set(default)  # web1's xfs disk is not provisioned by a dom0
+    guest = {"memory": "128M", "kernel": "/vmlinuz", "ramdisk": "/initrd.img", "node": "node1",
+             "interfaces": [{"vlan": 10, "mac": "00:16:3e:00:09:01"}],
+             "provision": {"debootstrap": {"suite": "bookworm"}, "master": "10.99.0.1"},
+             "disks": [{"name": "root", "size": "1G", "nodes": ["node1", "node2"], "vg": "xcvg",
+                        "filesystem": "xfs"}]}  # fmt: skip
+    pillar = json.dumps({"xencluster": {"guests": {"xfs1": guest}}})
+    res = cli.run("state.show_sls", "xencluster", f"pillar={pillar}", minion_tgt="node1")
+    assert isinstance(res.data, dict), res
+    assert args(res.data["xencluster-packages"])["pkgs"] == [*default, "xfsprogs", "debootstrap"]
+    own = json.dumps({"xencluster": {"guests": {"xfs1": guest}}, "xencluster_dom0": {"packages": ["xen-utils-4.17"]}})
+    res = cli.run("state.show_sls", "xencluster", f"pillar={own}", minion_tgt="node1")
+    assert args(res.data["xencluster-packages"])["pkgs"] == ["xen-utils-4.17"]  # the operator's list is the list
 
 
 def test_host_options_from_the_command_line(node1, cli):
