@@ -23,8 +23,7 @@ ONE = "lab-node2-xcl-session"
 TARGET = "iqn.2025-01.lab.xen:xcl-node1"
 PORTAL = "192.168.100.1:3260"
 NODE = ["iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL]
-# A node record as `iscsiadm -m node -T T -p P -o show` prints it.
-RECORD_TEXT = "node.name = x\nnode.startup = manual\nnode.session.timeo.replacement_timeout = 120\n"
+LEGS = "lab-node1-leg-sessions"  # five leg sessions, FREE (their owner killed), recovery_tmo 120
 
 INJECTIONS = [
     "", "x; rm -rf /", "$(reboot)", "`id`", "x|cat", "x\n", "-ff", "--login", "../../etc", "a b",
@@ -208,8 +207,11 @@ def test_login_creates_the_record_sets_automatic_and_logs_in(run_all, tmp_path, 
 TIMEOUT_UPDATE = (*NODE, "-o", "update", "-n", "node.session.timeo.replacement_timeout")
 
 
+RECORD_TEXT = (RECORDINGS / LEGS / "node.2.out").read_text()  # a leg's node record, recorded
+
+
 def record_with_timeout(seconds):
-    """A node record as ``-o show`` prints it, with ``seconds`` as its replacement_timeout."""
+    """The recorded node record with ``seconds`` as its replacement_timeout."""
     text = RECORD_TEXT
     assert text.count("node.session.timeo.replacement_timeout = 120\n") == 1
     return text.replace("replacement_timeout = 120\n", f"replacement_timeout = {seconds}\n")
@@ -225,9 +227,25 @@ def timed_session(one_session, tmp_path):
     return base
 
 
+def test_recorded_leg_sessions_of_a_dead_owner(run_all, tmp_path, monkeypatch):
+    run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(LEGS, "session")
+    monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", LEGS)))
+    found = iscsi.sessions()
+    assert [(s["sid"], s["target"].split(":", 1)[1], s["state"], s["recovery_tmo"]) for s in found] == [
+        (2, "web1.root.node2", "FREE", 120), (3, "web1.data.node2", "FREE", 120), (4, "app1.root.node2", "FREE", 120),
+        (5, "db1.root.node2", "FREE", 120), (6, "svc1.root.node2", "FREE", 120),
+    ]  # fmt: skip
+    assert found[4]["devices"] == [{"lun": 0, "hctl": "2:0:0:0", "device": "/dev/sda"}]
+    assert run_all.calls == [iscsi.SESSION_ARGV]
+    for sid in range(2, 7):  # every recorded record: as login sets it up, with open-iscsi's timeout
+        record = (RECORDINGS / LEGS / f"node.{sid}.out").read_text()
+        assert iscsi._record_timeout(record) == 120  # pylint: disable=protected-access
+        assert "\nnode.startup = automatic\n" in record
+
+
 def test_the_recorded_record_parses_to_its_timeout():
     assert iscsi._record_timeout(RECORD_TEXT) == 120  # pylint: disable=protected-access
-    assert iscsi._record_timeout("node.startup = automatic\n") is None  # pylint: disable=protected-access
+    assert iscsi._record_timeout(RECORD_TEXT.replace("replacement_timeout", "x")) is None  # pylint: disable=protected-access
 
 
 def test_set_replacement_timeout_changes_the_record_and_the_live_session_once(timed_session, one_session):
@@ -270,7 +288,7 @@ def test_bad_timeouts_never_reach_iscsiadm(run_all, bad):
 def test_login_sets_the_timeout_on_the_record_before_it_logs_in(run_all, tmp_path, monkeypatch):
     monkeypatch.setattr(iscsi, "SYSFS_SESSIONS", str(build_sysfs(tmp_path / "sys", ONE)))
     run_all.outputs[tuple(NODE)] = "node.name = x\n"
-    run_all.outputs[(*NODE, "-o", "show")] = record_with_timeout(120).replace("startup = manual", "startup = automatic")
+    run_all.outputs[(*NODE, "-o", "show")] = record_with_timeout(120)  # node.startup automatic already
     run_all.outputs[(*TIMEOUT_UPDATE, "-v", "20")] = ""
     run_all.outputs[(*NODE, "--login")] = "Login ... successful.\n"
     run_all.outputs[tuple(iscsi.SESSION_ARGV)] = answer(NONE, "session")
