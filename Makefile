@@ -47,7 +47,7 @@ test-integration: venv
 test-lab: host-deps venv
 	$(PYTEST) tests/lab_cluster -q -m "lab and not lab_provision" --durations=0 --durations-min=30
 
-# The highstate module with its provisioning steps (issue 6) and restore on svc1 (issue 5): a fresh lab, ~70 min.
+# The highstate module with its provisioning steps (issue 6) and restore on svc1 (issue 5): a fresh lab, ~80 min.
 test-lab-provision: host-deps venv
 	$(PYTEST) tests/lab_cluster/test_cluster_highstate.py -q -m lab --durations=0 --durations-min=30
 
