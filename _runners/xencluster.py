@@ -26,6 +26,7 @@ ELEGPATHWRONG        error    a leg's stable path points elsewhere
 EGUESTRAIDDEGRADED   error    a guest's md RAID1 is degraded
 EGUESTRAIDRESYNC     warning  a guest's md RAID1 is resyncing (not degraded)
 ELEGSNAPSHOT         warning  a snapshot LV is left on a VG of the model
+ELEGSESSIONTIMEOUT   warning  a leg's session fails its I/O after another time than the model's
 EGUESTNOTRUNNING     warning  a guest pinned to a node runs nowhere
 EGUESTNOTPROVISIONED warning  a guest to provision is not yet (salt-run xencluster.provision)
 EGUESTUNKNOWN        warning  a domain runs that the model does not name
@@ -257,6 +258,7 @@ ELEGPATHWRONG = "ELEGPATHWRONG"
 EGUESTRAIDDEGRADED = "EGUESTRAIDDEGRADED"
 EGUESTRAIDRESYNC = "EGUESTRAIDRESYNC"
 ELEGSNAPSHOT = "ELEGSNAPSHOT"
+ELEGSESSIONTIMEOUT = "ELEGSESSIONTIMEOUT"
 EGUESTNOTRUNNING = "EGUESTNOTRUNNING"
 EGUESTNOTPROVISIONED = "EGUESTNOTPROVISIONED"
 EGUESTUNKNOWN = "EGUESTUNKNOWN"
@@ -281,6 +283,7 @@ CODES = {
     EGUESTRAIDDEGRADED: ERROR,
     EGUESTRAIDRESYNC: WARNING,
     ELEGSNAPSHOT: WARNING,
+    ELEGSESSIONTIMEOUT: WARNING,
     EGUESTNOTRUNNING: WARNING,
     EGUESTNOTPROVISIONED: WARNING,
     EGUESTUNKNOWN: WARNING,
@@ -513,7 +516,8 @@ def _check_owner(gname, leg, owner, initiator, parts, out):
         _check_path(gname, leg, owner, links, "lv", None, out)
 
 
-def _check_importer(gname, leg, owner, partner, portals, parts, out):
+def _check_importer(gname, leg, owner, partner, portals, parts, out, timeout=None):
+    """ELEGNOTIMPORTED, ELEGSESSIONTIMEOUT (``timeout``: the model's replacement_timeout) and the path."""
     sessions, lv = parts["sessions"], leg["lv"]
     if sessions is None:
         return
@@ -530,6 +534,12 @@ def _check_importer(gname, leg, owner, partner, portals, parts, out):
                                 node=partner, guest=gname, leg=lv))  # fmt: skip
         else:
             devices.update(d.get("device") for d in session.get("devices") or [] if d.get("lun") == leg["lun"])
+            tmo = session.get("recovery_tmo")
+            if timeout is not None and isinstance(tmo, int) and tmo != timeout:
+                out.append(_finding(ELEGSESSIONTIMEOUT, (
+                    f"{partner}'s session to {leg['target']} on {portal} fails its I/O after {tmo} s, the model "
+                    f"says {timeout} s (replacement_timeout): state.apply xencluster.storage on {partner}"),
+                    node=partner, guest=gname, leg=lv))  # fmt: skip
     usable = any(mine.get(p, {}).get("state") == LOGGED_IN for p in portals)
     if usable and parts["links"] is not None:
         _check_path(gname, leg, partner, parts["links"], "iscsi", devices, out)
@@ -539,7 +549,8 @@ def _check_legs(model, known, out):
     nodes = model["nodes"]
     for gname, leg, owner, partner in _legs(model):
         _check_owner(gname, leg, owner, nodes[partner]["initiator"], known[owner], out)
-        _check_importer(gname, leg, owner, partner, _portals(nodes[owner], nodes[partner]), known[partner], out)
+        _check_importer(gname, leg, owner, partner, _portals(nodes[owner], nodes[partner]), known[partner], out,
+                        (model.get("cluster") or {}).get("replacement_timeout"))  # fmt: skip
 
 
 def _check_snapshots(model, known, out):

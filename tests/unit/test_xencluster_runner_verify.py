@@ -313,6 +313,24 @@ def test_partner_session_not_logged_in(reports):
     assert f["node"] == "node1" and "FAILED" in f["message"]
 
 
+def test_a_session_with_another_timeout_than_the_models_is_a_warning(reports):
+    for s in ret_of(reports, "node1")["sessions"] + ret_of(reports, "node2")["sessions"]:
+        s["recovery_tmo"] = 20  # the model's default replacement_timeout
+    assert "ELEGSESSIONTIMEOUT" not in codes(runner.findings(MODEL, reports))
+    for s in ret_of(reports, "node1")["sessions"]:
+        if s["target"] == f"{BASE}:db1.root.node2":
+            s["recovery_tmo"] = 120  # logged in before the model had it, or changed by hand
+    found = runner.findings(MODEL, reports)
+    [f] = only(found, "ELEGSESSIONTIMEOUT")
+    assert (f["severity"], f["node"], f["guest"], f["leg"]) == ("warning", "node1", "db1", "db1.root.node2")
+    assert "fails its I/O after 120 s, the model says 20 s (replacement_timeout)" in f["message"]
+    for s in ret_of(reports, "node1")["sessions"]:
+        if s["target"] == f"{BASE}:db1.root.node2":
+            s["state"] = "FAILED"  # in recovery: that is the finding, not its timeout
+    found = runner.findings(MODEL, reports)
+    assert "ELEGSESSIONTIMEOUT" not in codes(found) and "ELEGNOTIMPORTED" in codes(found)
+
+
 def test_stable_path_missing(reports):
     del ret_of(reports, "node1")["links"]["db1.root.node2"]
     [f] = only(runner.findings(MODEL, reports), "ELEGPATHMISSING")
