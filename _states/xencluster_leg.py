@@ -595,11 +595,8 @@ def _login(action, deadline):
     while True:
         attempt += 1
         try:
-            if action.get("replacement_timeout") is None:
-                return __salt__["xencluster_iscsi.login"](target, portal), attempt
-            return __salt__["xencluster_iscsi.login"](
-                target, portal, replacement_timeout=action["replacement_timeout"]
-            ), attempt
+            login = __salt__["xencluster_iscsi.login"]
+            return login(target, portal, replacement_timeout=action.get("replacement_timeout")), attempt
         except Exception as exc:  # pylint: disable=broad-except
             if not _retryable(exc):
                 raise
