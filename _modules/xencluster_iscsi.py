@@ -362,7 +362,7 @@ def login(target, portal, wait=15, replacement_timeout=None):
     """
     target, portal = _check_iqn(target), _check_portal(portal)
     if replacement_timeout is not None:
-        replacement_timeout = _check_timeout(replacement_timeout)
+        replacement_timeout = replacement_timeout_arg(replacement_timeout)
     changes = []
     if _ensure_node(target, portal):
         changes.append(f"node record {target} {portal} created")
@@ -389,7 +389,18 @@ def login(target, portal, wait=15, replacement_timeout=None):
     return {"changed": bool(changes), "changes": changes, "session": current}
 
 
-def _check_timeout(seconds):
+def replacement_timeout_arg(seconds):
+    """
+    ``seconds`` if it is a valid ``replacement_timeout`` (a whole number from 1 to 3600), else
+    ``SaltInvocationError`` saying why: the check of ``login`` and ``set_replacement_timeout``,
+    for states that refuse a bad argument before anything runs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt node2 xencluster_iscsi.replacement_timeout_arg 20
+    """
     if isinstance(seconds, bool) or not isinstance(seconds, int) or not 1 <= seconds <= MAX_REPLACEMENT_TIMEOUT:
         raise SaltInvocationError(f"replacement_timeout must be 1 to {MAX_REPLACEMENT_TIMEOUT} seconds: {seconds!r}")
     return seconds
@@ -444,7 +455,7 @@ def set_replacement_timeout(target, portal, seconds):
         salt node2 xencluster_iscsi.set_replacement_timeout iqn.2025-01.lab.xen:node1 192.168.100.1 20
     """
     target, portal = _check_iqn(target), _check_portal(portal)
-    seconds = _check_timeout(seconds)
+    seconds = replacement_timeout_arg(seconds)
     res = _run([*_node(target, portal), "-o", "show"], ok=(0, ISCSI_ERR_NO_OBJS_FOUND))
     if res["retcode"] == ISCSI_ERR_NO_OBJS_FOUND:
         raise CommandExecutionError(f"no node record for {target} on {portal}", info={"stderr": res.get("stderr", "")})

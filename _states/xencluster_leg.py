@@ -104,6 +104,7 @@ REQUIRED = (
     "xencluster_lio.export",
     "xencluster_lio.save",
     "xencluster_iscsi.valid_iqn",
+    "xencluster_iscsi.replacement_timeout_arg",
     "xencluster_iscsi.login",
     "xencluster_iscsi.set_replacement_timeout",
     "xencluster_iscsi.logout",
@@ -1025,9 +1026,8 @@ def _manual(name, guest, disk, leg_node, args):
         if missing:
             raise _Refused(f"on the partner {here}, leg {name} needs {', '.join(missing)}")
         timeout = args["replacement_timeout"]
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
-                                    or not 1 <= timeout <= 3600):  # fmt: skip
-            raise _Refused(f"replacement_timeout must be 1 to 3600 seconds: {timeout!r}")
+        if timeout is not None:
+            __salt__["xencluster_iscsi.replacement_timeout_arg"](timeout)  # SaltInvocationError: refused
         if not __salt__["xencluster_iscsi.valid_iqn"](args["target"]):
             raise _Refused(f"invalid target IQN {args['target']!r}")
         desired["imported"].append(_imported_leg(

@@ -283,6 +283,13 @@ def test_bad_timeouts_never_reach_iscsiadm(run_all, bad):
     with pytest.raises(SaltInvocationError, match="replacement_timeout must be 1 to 3600 seconds"):
         iscsi.login(TARGET, PORTAL, replacement_timeout=bad if bad is not None else "x")
     assert run_all.calls == []
+    with pytest.raises(SaltInvocationError, match="replacement_timeout must be 1 to 3600 seconds"):
+        iscsi.replacement_timeout_arg(bad)
+
+
+@pytest.mark.parametrize("good", [1, 20, 3600])
+def test_a_good_timeout_is_returned_as_it_is(run_all, good):
+    assert iscsi.replacement_timeout_arg(good) == good and run_all.calls == []
 
 
 def test_login_sets_the_timeout_on_the_record_before_it_logs_in(run_all, tmp_path, monkeypatch):

@@ -387,6 +387,7 @@ def configure_loader_modules(run_all, host, writes, calls, pillar, opts, grains,
         "xencluster_lio.export_args": lio_mod.export_args,
         "xencluster_iscsi.sessions": iscsi_mod.sessions,
         "xencluster_iscsi.valid_iqn": iscsi_mod.valid_iqn,
+        "xencluster_iscsi.replacement_timeout_arg": iscsi_mod.replacement_timeout_arg,
         "xencluster_disk.links": disk_mod.links,
     }
     fakes = {
@@ -782,7 +783,7 @@ def test_present_refuses_a_bad_replacement_timeout(host, writes, grains, calls, 
     ret = leg_state.present("web9.root.node1", target=f"{BASE}:web9.root.node1", portals=[P1], partner="node2",
                             replacement_timeout=bad)  # fmt: skip
     assert ret["result"] is False and f"replacement_timeout must be 1 to 3600 seconds: {bad!r}" == ret["comment"]
-    assert calls == [] and writes.calls == []
+    assert calls == ["xencluster_iscsi.replacement_timeout_arg"] and writes.calls == []  # the check only
 
 
 def test_present_without_a_replacement_timeout_leaves_the_sessions_alone(host, writes, grains):
