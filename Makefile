@@ -12,7 +12,7 @@ PYTEST := $(PY) -m pytest
         benchmark-report-scaling benchmark-highstate-commands benchmark-migration clean
 
 help:
-	@echo "make demo       set up everything, boot the lab cluster, run the main job on it"
+	@echo "make demo       set up everything, boot the lab cluster, converge it with a highstate, show it"
 	@echo "make test       every test tier: unit, integration, lab (boots the QEMU cluster)"
 	@echo "make test-fast  unit and integration only"
 	@echo "make lab-build | lab-up [NODES=3] | lab-master | lab-status | lab-down"
