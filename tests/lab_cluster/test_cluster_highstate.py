@@ -90,6 +90,10 @@ from lab.config import MASTER_LOG  # noqa: E402  pylint: disable=wrong-import-po
 BEAT = re.compile(r"HB ([0-9]+) t=[0-9.]+ md=(.*?)(?: net=(ok|fail))?[ \t\r]*(?=\[\d{4}-\d\d-\d\d |$)", re.M)
 # The same beats with the guest's wall clock (seconds.microseconds), for the pause of a migration.
 TIMED_BEAT = re.compile(r"HB ([0-9]+) t=([0-9]+\.[0-9]{6}) md=")
+BEAT_INTERVAL_S = 2  # lab/files/domu/probe-init sleeps 2 s between heartbeats
+# A lost leg's writes wait replacement_timeout after the iSCSI no-op ping (5 s + 5 s) finds the
+# owner gone; the rest is TCG's slowness. open-iscsi's own 120 s would be far above.
+STALL_SLACK_S = 30
 
 
 def lab_model():
@@ -710,10 +714,10 @@ def test_a_migration_dry_run_checks_everything_and_moves_nothing(applied):
     assert where(["web1"]) == {"web1": ["node1"]}
 
 
-def beat_clock(guest):
-    """{n: (guest wall clock, node)} of the guest's heartbeats in every console log of both nodes."""
+def beat_clock(guest, nodes=NODES):
+    """{n: (guest wall clock, node)} of the guest's heartbeats in every console log of ``nodes``."""
     found = {}
-    for node in NODES:
+    for node in nodes:
         for text in LOG_SEPARATOR.split(ssh(node, CONSOLE_LOGS.format(guest))):
             text = text[: text.rfind("\n") + 1]
             found.update((int(n), (float(t), node)) for n, t in TIMED_BEAT.findall(text))
@@ -897,9 +901,22 @@ def test_a_runner_killed_mid_migration_is_reported_and_a_rerun_finishes(applied)
 # --- a node lost: recover (the last step: node2 stays down) ----------------------------------
 
 
+def longest_write_stall(guest, node, since):
+    """(seconds, beat) of the longest wait between two consecutive heartbeats of guest on node from
+    beat ``since`` on, less the usual 2 s: how long one beat's fsync'd write to its array hung.
+    ``beat`` is the first heartbeat after that wait."""
+    clock = beat_clock(guest, nodes=[node])  # the other node may be dead
+    numbers = [n for n in sorted(clock) if n >= since]
+    gaps = [(clock[b][0] - clock[a][0] - BEAT_INTERVAL_S, b) for a, b in zip(numbers, numbers[1:]) if b == a + 1]
+    assert gaps, f"no consecutive heartbeats of {guest} on {node} since {since}"
+    seconds, beat = max(gaps)
+    return round(seconds, 1), beat
+
+
 def test_recover_starts_the_lost_nodes_guest_degraded_on_its_partner(applied):
     run(["rm", "-f", "/var/log/xen/console/guest-db1.log", "/var/log/xen/console/guest-db1--incoming.log"],
         node="node1")  # db1 visited node1 by migration: its new boot there must have a log of its own
+    web1_before = newest_beat("web1", "node1")  # web1 stays on node1; its legs are on node1 and node2
     lab("stop", "node2", "--hard", timeout=300)
     code, (refused,) = salt_run_docs("xencluster.recover", "node2")
     assert code == 1 and refused["result"] is False and "confirm_dead" in refused["message"], refused
@@ -923,3 +940,17 @@ def test_recover_starts_the_lost_nodes_guest_degraded_on_its_partner(applied):
         return ok, seen
 
     wait_until("db1 beating on node1 on one leg and reaching web1", degraded_and_reaching_web1, timeout=300)
+
+    # The lost leg froze web1's writes until the iSCSI session gave up (replacement_timeout, plus
+    # the no-op ping's 5 s + 5 s), and md in web1 then went on degraded: not 120 s + as before.
+    def web1_degraded():
+        seen = [b for b in beats("node1", "web1") if b[0] > web1_before]
+        return bool(seen) and "[2/1]" in seen[-1][1], seen[-3:]
+
+    wait_until("web1 beating on node1 on one leg", web1_degraded, timeout=300)
+    stall, after = longest_write_stall("web1", "node1", since=web1_before)
+    timeout = lab_model()["xencluster"]["cluster"]["replacement_timeout"]
+    first_degraded = min(n for n, md, _ in beats("node1", "web1") if n > web1_before and "[2/1]" in md)
+    print(f"web1's writes stalled {stall} s when node2 died (replacement_timeout {timeout} s)")
+    assert after == first_degraded, f"web1's longest wait ({stall} s) ended at beat {after}, not {first_degraded}"
+    assert stall <= timeout + STALL_SLACK_S, f"web1's writes stalled {stall} s (replacement_timeout {timeout} s)"
